@@ -1,0 +1,1 @@
+"""prefopt's first-party evaluators (registered through the prefopt.plugins entry points)."""

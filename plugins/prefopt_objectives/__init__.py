@@ -1,0 +1,1 @@
+"""prefopt's first-party objectives (registered through the prefopt.plugins entry points)."""

@@ -1,0 +1,1 @@
+"""prefopt's first-party pairs (registered through the prefopt.plugins entry points)."""

@@ -1,0 +1,182 @@
+"""The ``prefopt`` command line.
+
+Heavy imports (torch, diffusers) happen only inside the commands that train or
+sample, so ``prefopt --help``, ``validate`` and ``plugins`` stay fast and
+torch-free. Every user mistake becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from prefopt.errors import PrefoptError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Preference optimisation for diffusion models (DDSPO, Diffusion-DPO, Diffusion-KTO).",
+)
+pairs_app = typer.Typer(no_args_is_help=True, help="Build and inspect pair datasets.")
+app.add_typer(pairs_app, name="pairs")
+
+_state = {"debug": False}
+
+RecipeArg = typer.Argument(..., help="recipe YAML file", show_default=False)
+OverridesArg = typer.Argument(None, help="dotted overrides, e.g. train.max_steps=10")
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks for errors")) -> None:
+    _state["debug"] = debug
+
+
+def _registry():
+    from prefopt.registry import PluginRegistry
+
+    return PluginRegistry()
+
+
+def _load(recipe: Path, overrides: Optional[List[str]]):
+    from prefopt.recipe import load_recipe
+
+    registry = _registry()
+    return registry, load_recipe(recipe, registry, overrides or [])
+
+
+@app.command()
+def validate(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg) -> None:
+    """Check a recipe against every plugin's Config, without importing torch."""
+    _, resolved = _load(recipe, overrides)
+    typer.echo(f"{recipe}: ok")
+
+
+@app.command()
+def run(
+    recipe: Path = RecipeArg,
+    overrides: Optional[List[str]] = OverridesArg,
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="resume from the latest checkpoint ('latest') or a named one", show_default=False
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run directory that already holds a run"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="resolve and print the plan; load and train nothing"),
+) -> None:
+    """Run a recipe: (pretrain the reference), build pairs, train, evaluate."""
+    from prefopt.pipeline import print_plan, run_recipe
+
+    registry, resolved = _load(recipe, overrides)
+    if dry_run:
+        print_plan(resolved, registry)
+        return
+    run_recipe(resolved, registry, resume=resume, overwrite=overwrite)
+
+
+@app.command()
+def compare(
+    recipe: Path = RecipeArg,
+    overrides: Optional[List[str]] = OverridesArg,
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing comparison"),
+) -> None:
+    """Run one recipe under several objectives on the same pairs and seeds; write a report."""
+    from prefopt.compare import run_compare
+
+    registry, resolved = _load(recipe, overrides)
+    run_compare(resolved, registry, overwrite=overwrite)
+
+
+@app.command()
+def plugins() -> None:
+    """List every registered plugin by kind, with its config fields and defaults."""
+    from prefopt.interfaces import KINDS
+    from prefopt.reference_doc import describe_fields
+
+    registry = _registry()
+    for kind in KINDS:
+        typer.echo(f"{kind}s:")
+        for name, cls in registry.all(kind).items():
+            typer.echo(f"  {name}  ({cls.__module__})")
+            for line in describe_fields(cls.Config):
+                typer.echo(f"      {line}")
+
+
+@app.command("eval")
+def evaluate(
+    recipe: Path = RecipeArg,
+    overrides: Optional[List[str]] = OverridesArg,
+    weights: Optional[Path] = typer.Option(None, "--weights", help="a run's final/ directory (default: the recipe's)"),
+) -> None:
+    """Evaluate a trained run with the recipe's evaluators (writes eval.json)."""
+    from prefopt.pipeline import evaluate_run
+
+    registry, resolved = _load(recipe, overrides)
+    evaluate_run(resolved, registry, weights=weights)
+
+
+@app.command()
+def bench(
+    recipe: Path = RecipeArg,
+    overrides: Optional[List[str]] = OverridesArg,
+    steps: int = typer.Option(5, help="timed training steps after one warm-up step"),
+    output: Path = typer.Option(Path("docs/performance.md"), help="markdown file the result is appended to"),
+) -> None:
+    """Time training steps of a recipe and append pairs/s and memory to docs/performance.md."""
+    from prefopt.bench import run_bench
+
+    registry, resolved = _load(recipe, overrides)
+    run_bench(resolved, registry, steps=steps, output=output)
+
+
+@pairs_app.command("build")
+def pairs_build(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg) -> None:
+    """Build (or resume building) the recipe's pair dataset."""
+    from prefopt.pipeline import build_pairs_for
+
+    registry, resolved = _load(recipe, overrides)
+    build_pairs_for(resolved, registry)
+
+
+@pairs_app.command("show")
+def pairs_show(
+    directory: Path = typer.Argument(..., help="pair dataset directory"),
+    recipe: Path = typer.Option(..., "--recipe", help="recipe whose backbone decodes the pairs"),
+    count: int = typer.Option(8, help="pairs to show"),
+    output: Optional[Path] = typer.Option(None, help="PNG path (default: DIR/pairs.png)"),
+) -> None:
+    """Write a PNG grid of decoded pairs with their prompts."""
+    from prefopt.pipeline import show_pairs
+
+    registry, resolved = _load(recipe, [])
+    path = show_pairs(resolved, registry, directory, count=count, output=output)
+    typer.echo(f"wrote {path}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except PrefoptError as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""The seams of prefopt: Objective, PairSource, Backbone and Evaluator.
+
+Every plugin is a class with a ``name``, a ``kind`` and a nested pydantic
+``Config`` that forbids unknown keys, so a typo in a recipe fails before any
+weight is loaded. Plugin modules must stay importable without torch: heavy
+imports go inside methods (or sibling modules imported from methods), because
+``prefopt validate`` reads every plugin's Config and must not import torch.
+
+The small dataclasses below are what flows between the seams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+    from torch import nn
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's Config: unknown keys are an error, not a no-op."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Plugin:
+    """Common shape of a plugin: a registered name, a kind and a typed Config."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+    def __init__(self, config: PluginConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+
+# ----------------------------------------------------------------------------
+# Objectives: pure maths on predictions.
+# ----------------------------------------------------------------------------
+
+Latent = Literal["w", "l"]
+PromptSlot = Literal["c", "c-"]
+STUDENT = "student"
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One denoiser output an objective needs.
+
+    ``source`` is the model that predicts: ``student`` (trained, with grad),
+    ``reference`` (frozen), or the name of an extra frozen policy a backbone
+    was given (DD-CPP's winning/losing policies). ``latent`` picks x_t^w or
+    x_t^l of the pair, ``prompt`` picks c or c-.
+    """
+
+    source: str
+    latent: Latent
+    prompt: PromptSlot
+
+
+@dataclass
+class ObjectiveInputs:
+    """Everything an objective's loss sees for one step (batch of B pairs).
+
+    ``predictions`` holds each requested Prediction, shape (B, ...).
+    ``targets`` holds the backbone's regression target for "w" and "l"
+    (ε, v or flow velocity), computed from the pair's shared noise.
+    ``t_fraction`` is the timestep scaled to [0, 1] (1 = pure noise).
+    ``weight`` is the backbone's per-pair loss weight (1 unless the backbone's
+    weighting scheme says otherwise).
+    ``reduce_mean`` averages a tensor across processes (identity on one).
+    """
+
+    predictions: dict[Prediction, "torch.Tensor"]
+    targets: dict[str, "torch.Tensor"]
+    t_fraction: "torch.Tensor"
+    weight: "torch.Tensor"
+    reduce_mean: Callable[["torch.Tensor"], "torch.Tensor"] = lambda x: x
+
+
+@dataclass
+class LossOutput:
+    loss: "torch.Tensor"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(Plugin):
+    """Turns predictions into a scalar loss; declares which predictions it needs."""
+
+    kind: ClassVar[str] = "objective"
+
+    def predictions(self) -> Sequence[Prediction]:
+        """The predictions this objective reads, from every source."""
+        raise NotImplementedError
+
+    def policies(self) -> dict[str, str]:
+        """Extra frozen policies (name -> weights path) the backbone must load."""
+        return {}
+
+    def loss(self, inputs: ObjectiveInputs) -> LossOutput:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------
+# Pair sources: prompts in, preference material out.
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class PromptPair:
+    """One row of preference material before images exist.
+
+    ``winner``/``loser`` are given x0 data (an image path, array or tensor in
+    the backbone's data space) when the source has them (human-labelled pairs,
+    ground-truth toy points); when None they are sampled by the backbone from
+    ``prompt`` / ``negative`` with ``seed``. ``loser_from`` names another row
+    whose winner is reused as this row's loser (the paper's unpaired variants,
+    Table 3b), so no negative image is generated.
+    """
+
+    prompt: str
+    negative: str
+    seed: int
+    winner: Any = None
+    loser: Any = None
+    loser_from: int | None = None
+
+
+class PairSource(Plugin):
+    kind: ClassVar[str] = "pair_source"
+
+    def pairs(self, prompts: Sequence[str] | None, seed: int) -> list[PromptPair]:
+        """Preference rows for these prompts (None for sources that make their own)."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------
+# Backbones: one model family behind one API.
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    """Where and how a backbone runs, decided by the engine (accelerate)."""
+
+    device: "torch.device"
+    dtype: "torch.dtype"
+    accelerator: Any = None
+    train: bool = True
+    full_finetune: bool = False
+
+
+Cond = dict  # str -> Tensor, batch first: a backbone's encoded prompts
+
+
+class Backbone(Plugin):
+    """Loading, forward process, prediction, sampling and saving of one family.
+
+    Tensors are in the backbone's data space: latents for latent models,
+    pixels for pixel models, points for the toy.
+    """
+
+    kind: ClassVar[str] = "backbone"
+
+    def load(self, runtime: Runtime, policies: dict[str, str] | None = None) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What would be loaded and trained, without loading it (dry runs)."""
+        return dict(self.config.model_dump())
+
+    def identity(self) -> dict[str, Any]:
+        """What a pair dataset must match: family name and data shape."""
+        raise NotImplementedError
+
+    def trainable_module(self) -> "nn.Module":
+        raise NotImplementedError
+
+    def set_trainable_module(self, module: "nn.Module") -> None:
+        """Hand back the module after accelerate wrapped it."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> Iterable["torch.nn.Parameter"]:
+        return [p for p in self.trainable_module().parameters() if p.requires_grad]
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
+        raise NotImplementedError
+
+    def encode_data(self, items: Sequence[Any]) -> "torch.Tensor":
+        """Given x0 data (images, arrays) into the backbone's data space."""
+        raise NotImplementedError
+
+    def sample_timesteps(self, n: int, generator: "torch.Generator") -> "torch.Tensor":
+        raise NotImplementedError
+
+    def t_fraction(self, t: "torch.Tensor") -> "torch.Tensor":
+        raise NotImplementedError
+
+    def add_noise(self, x0, noise, t) -> "torch.Tensor":
+        raise NotImplementedError
+
+    def regression_target(self, x0, noise, t) -> "torch.Tensor":
+        raise NotImplementedError
+
+    def loss_weight(self, t: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        return torch.ones(t.shape[0], device=t.device)
+
+    def predict(self, x_t, t, cond: Cond, source: str) -> "torch.Tensor":
+        raise NotImplementedError
+
+    def sample(
+        self, prompts: Sequence[str], seeds: Sequence[int], source: str = REFERENCE
+    ) -> "torch.Tensor":
+        """x0 drawn from ``source`` for each prompt, each row seeded by its seed."""
+        raise NotImplementedError
+
+    def save(self, directory: str) -> None:
+        """Write the trained model in the form the family's diffusers pipeline loads."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------
+# Evaluators: score the trained model.
+# ----------------------------------------------------------------------------
+
+
+class Evaluator(Plugin):
+    kind: ClassVar[str] = "evaluator"
+
+    def evaluate(self, backbone: Backbone, run_dir: str, seed: int) -> dict[str, float]:
+        raise NotImplementedError
+
+
+KINDS: dict[str, type[Plugin]] = {
+    "objective": Objective,
+    "pair_source": PairSource,
+    "backbone": Backbone,
+    "evaluator": Evaluator,
+}

@@ -1,0 +1,113 @@
+"""The plugin registry: a fresh pluggy manager per run, filled from entry points.
+
+First-party plugins (the ``prefopt_*`` packages) and third-party ones are found
+the same way, through the ``prefopt.plugins`` entry-point group. Nothing is
+registered by import side effects; each ``PluginRegistry`` is independent, so
+tests and runs never leak plugins into one another.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from importlib import metadata
+from types import ModuleType
+from typing import Iterable
+
+import pluggy
+
+from prefopt import hookspecs
+from prefopt.errors import PluginError, RecipeError
+from prefopt.interfaces import KINDS, Plugin
+
+# Set to 1 to load only prefopt's own plugins (third-party ones are skipped).
+DISABLE_AUTOLOAD_ENV = "PREFOPT_DISABLE_PLUGIN_AUTOLOAD"
+FIRST_PARTY_DISTRIBUTION = "prefopt"
+
+_HOOK_OF_KIND = {
+    "objective": "prefopt_objectives",
+    "backbone": "prefopt_backbones",
+    "pair_source": "prefopt_pair_sources",
+    "evaluator": "prefopt_evaluators",
+}
+
+
+def _distribution_name(entry_point: metadata.EntryPoint) -> str:
+    dist = getattr(entry_point, "dist", None)
+    return dist.metadata["Name"] if dist is not None else "?"
+
+
+class PluginRegistry:
+    """All plugins of one run, by kind and name."""
+
+    def __init__(self, modules: Iterable[ModuleType] = (), autoload: bool = True):
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        self._origin: dict[str, str] = {}
+        if autoload:
+            self._load_entry_points()
+        for module in modules:
+            self.register_module(module, origin=module.__name__)
+        self._by_kind = self._collect()
+
+    def _load_entry_points(self) -> None:
+        first_party_only = os.environ.get(DISABLE_AUTOLOAD_ENV, "") not in ("", "0")
+        for entry_point in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+            distribution = _distribution_name(entry_point)
+            if first_party_only and distribution.lower() != FIRST_PARTY_DISTRIBUTION:
+                continue
+            try:
+                module = entry_point.load()
+            except Exception as exc:  # reported, never swallowed
+                raise PluginError(
+                    f"plugin {entry_point.name!r} from {distribution} ({entry_point.value}) "
+                    f"failed to import: {type(exc).__name__}: {exc}"
+                ) from exc
+            self.register_module(module, origin=f"{distribution}:{entry_point.value}")
+
+    def register_module(self, module: ModuleType, origin: str) -> None:
+        if self.manager.is_registered(module):
+            return
+        self.manager.register(module, name=origin)
+        self._origin[origin] = origin
+
+    def _collect(self) -> dict[str, dict[str, type[Plugin]]]:
+        by_kind: dict[str, dict[str, type[Plugin]]] = {kind: {} for kind in KINDS}
+        for kind, hook_name in _HOOK_OF_KIND.items():
+            hook = getattr(self.manager.hook, hook_name)
+            for impl in hook.get_hookimpls():
+                for cls in impl.function() or []:
+                    self._add(by_kind[kind], kind, cls, impl.plugin_name)
+        return by_kind
+
+    @staticmethod
+    def _add(table: dict, kind: str, cls: type[Plugin], origin: str) -> None:
+        base = KINDS[kind]
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(f"{origin} registered {cls!r} as a {kind}, but it is not a {base.__name__}")
+        name = cls.name
+        if name in table:
+            previous = table[name]
+            raise PluginError(
+                f"two plugins register the {kind} {name!r}: "
+                f"{previous.__module__}.{previous.__qualname__} and {cls.__module__}.{cls.__qualname__}"
+            )
+        table[name] = cls
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._by_kind[kind])
+
+    def all(self, kind: str) -> dict[str, type[Plugin]]:
+        return dict(sorted(self._by_kind[kind].items()))
+
+    def get(self, kind: str, name: str, where: str | None = None) -> type[Plugin]:
+        table = self._by_kind[kind]
+        if name in table:
+            return table[name]
+        label = kind.replace("_", " ")
+        close = difflib.get_close_matches(name, table, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        place = f"{where}: " if where else ""
+        raise RecipeError(
+            f"{place}unknown {label} {name!r} (available: {', '.join(sorted(table)) or 'none'}){hint}"
+        )
