@@ -1,0 +1,118 @@
+"""One fused training step: shared noise, batched predictions, the objective's loss.
+
+Per step the engine makes exactly one forward per prediction source: every
+frozen prediction an objective needs from the reference in a single no-grad
+call (chunked to a micro-batch if asked), and every student prediction in a
+single call with grad. Prompts are encoded once per unique prompt.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from prefopt.interfaces import STUDENT, Backbone, LossOutput, Objective, ObjectiveInputs, Prediction
+
+
+@dataclass
+class PairBatch:
+    x0_w: torch.Tensor
+    x0_l: torch.Tensor
+    prompts: list[str]
+    negatives: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def _gather_cond(cond: dict, index: torch.Tensor) -> dict:
+    return {key: value.index_select(0, index.to(value.device)) for key, value in cond.items()}
+
+
+def _chunked(fn: Callable, x, t, cond: dict, size: int | None) -> torch.Tensor:
+    if size is None or x.shape[0] <= size:
+        return fn(x, t, cond)
+    outs = []
+    for start in range(0, x.shape[0], size):
+        stop = start + size
+        outs.append(fn(x[start:stop], t[start:stop], {k: v[start:stop] for k, v in cond.items()}))
+    return torch.cat(outs)
+
+
+class FusedStep:
+    """Computes the loss of one batch of pairs for an objective on a backbone."""
+
+    def __init__(self, backbone: Backbone, objective: Objective, reference_micro_batch: int | None = None):
+        self.backbone = backbone
+        self.objective = objective
+        self.reference_micro_batch = reference_micro_batch
+        requested = list(dict.fromkeys(objective.predictions()))  # de-duplicated, ordered
+        self.by_source: dict[str, list[Prediction]] = defaultdict(list)
+        for prediction in requested:
+            self.by_source[prediction.source].append(prediction)
+
+    def __call__(
+        self,
+        batch: PairBatch,
+        generator: torch.Generator,
+        device: torch.device,
+        reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    ) -> LossOutput:
+        backbone = self.backbone
+        n = len(batch)
+        # A pair shares its timestep and its noise (drawn on the CPU generator,
+        # so the draw is identical on every device and after a resume).
+        t = backbone.sample_timesteps(n, generator).to(device)
+        noise = torch.randn(batch.x0_w.shape, generator=generator, dtype=torch.float32).to(device)
+        x0 = {"w": batch.x0_w.to(device, torch.float32), "l": batch.x0_l.to(device, torch.float32)}
+        x_t = {side: backbone.add_noise(x0[side], noise, t) for side in x0}
+        targets = {side: backbone.regression_target(x0[side], noise, t) for side in x0}
+
+        cond, cond_index = self._encode_prompts(batch)
+        predictions: dict[Prediction, torch.Tensor] = {}
+        for source, wanted in self.by_source.items():
+            x_in = torch.cat([x_t[p.latent] for p in wanted])
+            t_in = t.repeat(len(wanted))
+            cond_in = _gather_cond(cond, torch.cat([cond_index[p.prompt] for p in wanted]))
+            if source == STUDENT:
+                out = backbone.predict(x_in, t_in, cond_in, source)
+            else:
+                with torch.no_grad():
+                    out = _chunked(
+                        lambda x, tt, c: backbone.predict(x, tt, c, source),
+                        x_in, t_in, cond_in, self.reference_micro_batch,
+                    )
+            for p, chunk in zip(wanted, out.float().split(n)):
+                predictions[p] = chunk
+
+        inputs = ObjectiveInputs(
+            predictions=predictions,
+            targets=targets,
+            t_fraction=backbone.t_fraction(t),
+            weight=backbone.loss_weight(t),
+            reduce_mean=reduce_mean,
+        )
+        return self.objective.loss(inputs)
+
+    def _encode_prompts(self, batch: PairBatch):
+        """Encode each unique prompt once; index tensors map c / c- rows to it."""
+        needed_slots = {p.prompt for preds in self.by_source.values() for p in preds}
+        texts: list[str] = []
+        position: dict[str, int] = {}
+        index: dict[str, torch.Tensor] = {}
+        for slot, prompts in (("c", batch.prompts), ("c-", batch.negatives)):
+            if slot not in needed_slots:
+                continue
+            rows = []
+            for text in prompts:
+                if text not in position:
+                    position[text] = len(texts)
+                    texts.append(text)
+                rows.append(position[text])
+            index[slot] = torch.tensor(rows, dtype=torch.long)
+        with torch.no_grad():
+            cond = self.backbone.encode_prompts(texts)
+        return cond, index
