@@ -59,9 +59,8 @@ def validate(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Override
 def run(
     recipe: Path = RecipeArg,
     overrides: Optional[List[str]] = OverridesArg,
-    resume: Optional[str] = typer.Option(
-        None, "--resume", help="resume from the latest checkpoint ('latest') or a named one", show_default=False
-    ),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in output_dir from a checkpoint"),
+    checkpoint: str = typer.Option("latest", "--checkpoint", help="with --resume: which checkpoint (e.g. step-00000200)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a run directory that already holds a run"),
     dry_run: bool = typer.Option(False, "--dry-run", help="resolve and print the plan; load and train nothing"),
 ) -> None:
@@ -72,7 +71,7 @@ def run(
     if dry_run:
         print_plan(resolved, registry)
         return
-    run_recipe(resolved, registry, resume=resume, overwrite=overwrite)
+    run_recipe(resolved, registry, resume=checkpoint if resume else None, overwrite=overwrite)
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """Entry point of prefopt's first-party evaluators."""
 
 from prefopt.hookspecs import hookimpl
+from prefopt_evaluators.toy2d import Toy2DModes
 
 
 @hookimpl
 def prefopt_evaluators():
-    return []
+    return [Toy2DModes]

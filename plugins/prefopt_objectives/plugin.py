@@ -1,8 +1,16 @@
-"""Entry point of prefopt's first-party objectives."""
+"""Entry point of prefopt's first-party objectives.
+
+The objective modules import torch only inside their methods, so listing them
+here keeps ``prefopt validate`` torch-free.
+"""
 
 from prefopt.hookspecs import hookimpl
+from prefopt_objectives.ddspo import DDSPO
+from prefopt_objectives.denoise import Denoise
+from prefopt_objectives.diffusion_dpo import DiffusionDPO
+from prefopt_objectives.diffusion_kto import DiffusionKTO
 
 
 @hookimpl
 def prefopt_objectives():
-    return []
+    return [DDSPO, DiffusionDPO, DiffusionKTO, Denoise]

@@ -1,8 +1,22 @@
-"""Entry point of prefopt's first-party pair sources."""
+"""Entry point of prefopt's first-party pair sources.
+
+The class modules import neither torch nor transformers at top level, so
+listing them here keeps ``prefopt validate`` light.
+"""
 
 from prefopt.hookspecs import hookimpl
+from prefopt_pairs.llm_rewrite import LLMRewrite
+from prefopt_pairs.pickapic import PickAPic
+from prefopt_pairs.random_removal import RandomRemoval
+from prefopt_pairs.unpaired import NotPaired, RandPositive
 
 
 @hookimpl
 def prefopt_pair_sources():
-    return []
+    return [
+        RandomRemoval,
+        LLMRewrite,
+        RandPositive,
+        NotPaired,
+        PickAPic,
+    ]

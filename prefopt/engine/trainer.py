@@ -1,0 +1,250 @@
+"""The training loop: accelerate for devices, precision and processes; no hidden Trainer.
+
+Every random draw of a step (which pairs, which timesteps, which noise) comes
+from a generator seeded by (seed, step, micro-step, process), and the data order
+is a seeded permutation per epoch. So a run resumed from a checkpoint draws
+exactly what the uninterrupted run would have drawn, and its final weights are
+bitwise equal on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from prefopt.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from prefopt.engine.step import FusedStep, PairBatch
+from prefopt.errors import PrefoptError, require
+from prefopt.interfaces import Backbone, Objective
+from prefopt.recipe import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class RunStopped(PrefoptError):
+    """A signal asked the run to stop; it saved a checkpoint first."""
+
+    exit_code = 143
+
+
+@dataclass
+class TrainResult:
+    steps_done: int
+    skipped_steps: int
+    last_metrics: dict = field(default_factory=dict)
+
+
+def step_generator(*key: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+class EpochSampler:
+    """Indices for any global sample position: a fresh seeded permutation per epoch."""
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.seed = seed
+        self._epoch = -1
+        self._perm: torch.Tensor | None = None
+
+    def take(self, position: int, count: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < count:
+            epoch, offset = divmod(position, self.size)
+            if epoch != self._epoch:
+                self._perm = torch.randperm(self.size, generator=step_generator(self.seed, epoch, 7))
+                self._epoch = epoch
+            chunk = self._perm[offset : offset + count - len(out)].tolist()
+            out += chunk
+            position += len(chunk)
+        return out
+
+
+def make_optimizer(cfg: TrainConfig, params, lr: float):
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw8bit":
+        bnb = require("bitsandbytes", "optim")
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    from transformers.optimization import Adafactor
+
+    return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False,
+                     weight_decay=cfg.weight_decay)
+
+
+class _StopFlag:
+    """Turns SIGTERM / SIGINT into a request to stop after the current step."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _finite(value: torch.Tensor) -> bool:
+    return bool(torch.isfinite(value).all())
+
+
+def train(
+    *,
+    backbone: Backbone,
+    objective: Objective,
+    dataset,
+    cfg: TrainConfig,
+    run_dir: Path,
+    seed: int,
+    accelerator,
+    resume_from: Path | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    run_dir = Path(run_dir)
+    world = accelerator.num_processes
+    rank = accelerator.process_index
+    effective_batch = cfg.batch_size * cfg.grad_accum * world
+    lr = cfg.lr * effective_batch if cfg.scale_lr else cfg.lr
+
+    params = list(backbone.trainable_parameters())
+    if not params:
+        raise PrefoptError("the backbone has no trainable parameters (check backbone.finetune)")
+    optimizer = make_optimizer(cfg, params, lr)
+    from diffusers.optimization import get_scheduler
+
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=max(cfg.max_steps, 1))
+    module, optimizer, scheduler = accelerator.prepare(backbone.trainable_module(), optimizer, scheduler)
+    backbone.set_trainable_module(module)
+    step_fn = FusedStep(backbone, objective, cfg.reference_micro_batch)
+    sampler = EpochSampler(len(dataset), seed)
+
+    start, skipped = 0, 0
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+        start, skipped = state["step"], state.get("skipped_steps", 0)
+        log.info("resumed from %s at step %d", resume_from, start)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        _truncate_metrics(metrics_path, start)
+
+    def reduce_mean(x: torch.Tensor) -> torch.Tensor:
+        return accelerator.reduce(x.detach().clone(), reduction="mean") if world > 1 else x
+
+    def checkpoint(step: int) -> Path:
+        return save_checkpoint(accelerator, run_dir, step, {"skipped_steps": skipped}, cfg.keep_checkpoints)
+
+    from tqdm.auto import tqdm
+
+    last: dict = {}
+    bar = tqdm(total=cfg.max_steps, initial=start, unit="step", disable=not accelerator.is_main_process,
+               desc="training")
+    module.train()
+    with _StopFlag() as stop:
+        for step in range(start, cfg.max_steps):
+            began = time.perf_counter()
+            metrics, loss_ok = _accumulate(step_fn, dataset, sampler, cfg, step, seed, rank, world,
+                                           accelerator, module, reduce_mean)
+            grad_norm = _grad_norm(accelerator, params, cfg.max_grad_norm) if loss_ok else torch.tensor(float("nan"))
+            if not (loss_ok and _finite(grad_norm)):
+                what = "loss" if not loss_ok else "gradient norm"
+                if cfg.on_nonfinite == "stop":
+                    good = list_checkpoints(run_dir)
+                    kept = f"last good checkpoint: {good[-1]}" if good else "no checkpoint was written yet"
+                    raise PrefoptError(f"non-finite {what} at step {step}; stopping ({kept})")
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+                log.warning("non-finite %s at step %d: step skipped (%d so far)", what, step, skipped)
+            else:
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            elapsed = time.perf_counter() - began
+            metrics.update({
+                "step": done,
+                "grad_norm": float(grad_norm),
+                "lr": scheduler.get_last_lr()[0],
+                "skipped_steps": skipped,
+                "perf/pairs_per_s": effective_batch / max(elapsed, 1e-9),
+            })
+            last = metrics
+            if accelerator.is_main_process and (done % cfg.log_every == 0 or done == cfg.max_steps):
+                with open(metrics_path, "a") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}",
+                                acc=f"{metrics.get('pref/accuracy', float('nan')):.2f}")
+            bar.update(1)
+            if on_step is not None:
+                on_step(done)
+            if stop.signal_name is not None:
+                path = checkpoint(done)
+                bar.close()
+                raise RunStopped(f"stopped by {stop.signal_name} after step {done}; checkpoint {path}; "
+                                 "continue with --resume")
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+                checkpoint(done)
+    bar.close()
+    return TrainResult(steps_done=cfg.max_steps, skipped_steps=skipped, last_metrics=last)
+
+
+def _accumulate(step_fn, dataset, sampler, cfg, step, seed, rank, world, accelerator, module, reduce_mean):
+    """Forward/backward over the micro-steps of one optimizer step; mean metrics."""
+    sums: dict[str, float] = {}
+    loss_ok = True
+    for micro in range(cfg.grad_accum):
+        position = ((step * cfg.grad_accum + micro) * world + rank) * cfg.batch_size
+        x0_w, x0_l, prompts, negatives = dataset.batch(sampler.take(position, cfg.batch_size))
+        batch = PairBatch(x0_w, x0_l, prompts, negatives)
+        sync = nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(module)
+        with sync, accelerator.autocast():
+            out = step_fn(batch, step_generator(seed, step, micro, rank), accelerator.device, reduce_mean)
+        if not _finite(out.loss.detach()):
+            loss_ok = False
+            break
+        accelerator.backward(out.loss / cfg.grad_accum)
+        for key, value in {"loss": float(out.loss.detach()), **out.metrics}.items():
+            sums[key] = sums.get(key, 0.0) + float(value) / cfg.grad_accum
+    if not loss_ok:
+        sums.setdefault("loss", float("nan"))
+    return sums, loss_ok
+
+
+def _grad_norm(accelerator, params, max_norm: float | None) -> torch.Tensor:
+    if max_norm is not None:
+        return accelerator.clip_grad_norm_(params, max_norm)
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.tensor(0.0)
+
+
+def _truncate_metrics(path: Path, start: int) -> None:
+    """On resume, drop lines logged after the checkpoint so the log has no repeats."""
+    if not path.exists():
+        return
+    if start == 0:
+        path.unlink()
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
+    path.write_text("".join(line + "\n" for line in kept))

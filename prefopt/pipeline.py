@@ -1,0 +1,317 @@
+"""What ``prefopt run`` does: (pretrain the reference,) build pairs, train, evaluate.
+
+A run directory holds ``recipe.resolved.yaml``, ``metrics.jsonl``,
+``checkpoints/``, ``final/``, ``eval.json`` and, by default, ``pairs/`` and the
+pretrained ``reference/``. Finished stages are reused: a complete pair dataset
+with the same settings, a reference pretrained with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prefopt.data.pairset import write_atomic
+from prefopt.errors import PrefoptError
+from prefopt.recipe import PairsConfig, ResolvedRecipe, TrainConfig
+from prefopt.registry import PluginRegistry
+
+log = logging.getLogger(__name__)
+
+RESOLVED = "recipe.resolved.yaml"
+# Fields that change nothing a run computes: they may differ on --resume.
+NON_RESULT_FIELDS = {
+    "output_dir", "eval", "compare",
+    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "pretrain.train.log_every", "pretrain.train.checkpoint_every", "pretrain.train.keep_checkpoints",
+}
+# What a fresh run (or --overwrite) replaces; pairs/ and reference/ are reused when their settings match.
+RUN_OUTPUTS = [RESOLVED, "metrics.jsonl", "checkpoints", "final", "eval.json", "samples.csv"]
+
+
+# -- accelerate ------------------------------------------------------------------------
+def make_accelerator(train: TrainConfig):
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise PrefoptError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on a CPU machine")
+    # Stages of one process may ask for different precisions; accelerate keeps
+    # one global state, so start each stage from a clean one.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=train.mixed_precision)
+
+
+def runtime_for(accelerator):
+    import torch
+
+    from prefopt.interfaces import Runtime
+
+    return Runtime(device=accelerator.device, dtype=torch.float32, accelerator=accelerator)
+
+
+# -- run directory rules ---------------------------------------------------------------------
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def first_difference(old: dict, new: dict) -> str | None:
+    """The first dotted field that differs and changes results, or None."""
+    a, b = _flatten(old), _flatten(new)
+    for key in sorted(set(a) | set(b)):
+        if any(key == f or key.startswith(f + ".") for f in NON_RESULT_FIELDS):
+            continue
+        if a.get(key) != b.get(key):
+            return f"{key} ({a.get(key)!r} -> {b.get(key)!r})"
+    return None
+
+
+def prepare_run_dir(run_dir: Path, resolved: ResolvedRecipe, resume: bool, overwrite: bool) -> None:
+    resolved_path = run_dir / RESOLVED
+    if resume:
+        if not resolved_path.is_file():
+            raise PrefoptError(f"--resume: {run_dir} holds no run to resume (no {RESOLVED})")
+        difference = first_difference(yaml.safe_load(resolved_path.read_text()), resolved.to_dict())
+        if difference:
+            raise PrefoptError(f"--resume: the recipe differs from the run's in {difference}; "
+                               "resume with the same recipe or start a new output_dir")
+        return
+    if resolved_path.exists() and not overwrite:
+        raise PrefoptError(f"{run_dir} already holds a run; pass --overwrite to replace it or --resume to continue it")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise PrefoptError(f"output_dir {run_dir} is not writable: {exc.strerror or exc}") from None
+    for name in RUN_OUTPUTS:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    write_atomic(resolved_path, resolved.to_yaml().encode())
+
+
+# -- stages ------------------------------------------------------------------------------------
+def build_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry, backbone, directory: Path,
+                seed: int, accelerator, base_dir: Path) -> Path:
+    from prefopt.data.build import build_pair_dataset, is_complete
+
+    if is_complete(directory):
+        return directory
+    source = registry.get("pair_source", pairs_cfg.source.name)(source_config)
+    prompts = None
+    if pairs_cfg.prompts:
+        from prefopt.data.prompts import load_prompts
+
+        prompts = load_prompts(pairs_cfg.prompts, base_dir=base_dir)
+    rows = source.pairs(prompts, seed)
+    settings = {"source": {"name": pairs_cfg.source.name, **source_config.model_dump(mode="json")},
+                "prompts": pairs_cfg.prompts.model_dump(mode="json") if pairs_cfg.prompts else None,
+                "seed": seed}
+    return build_pair_dataset(
+        directory, rows, backbone, settings, pairs_cfg.shard_size, pairs_cfg.sample_batch_size,
+        process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+        wait_for_everyone=accelerator.wait_for_everyone,
+    )
+
+
+def save_final(backbone, run_dir: Path, accelerator) -> Path:
+    """Write final/ whole or not at all."""
+    final, tmp = run_dir / "final", run_dir / ".final.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            backbone.save(str(tmp))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _stage(*, run_dir: Path, backbone_cls, backbone_config, objective, pairs_cfg: PairsConfig, source_config,
+           train_cfg: TrainConfig, registry, seed: int, resume: str | None, base_dir: Path,
+           pairs_dir: Path | None = None):
+    """Load the backbone, build pairs if needed, train, save final/. Returns the loaded backbone."""
+    from prefopt.data.pairset import PairDataset
+    from prefopt.engine.checkpoint import find_checkpoint
+    from prefopt.engine.trainer import train
+
+    accelerator = make_accelerator(train_cfg)
+    backbone = backbone_cls(backbone_config)
+    backbone.load(runtime_for(accelerator), objective.policies())
+    pairs_dir = Path(pairs_dir or pairs_cfg.dir or run_dir / "pairs")
+    build_pairs(pairs_cfg, source_config, registry, backbone, pairs_dir, seed, accelerator, base_dir)
+    dataset = PairDataset(pairs_dir, identity=backbone.identity())
+    checkpoint = find_checkpoint(run_dir, resume) if resume else None
+    result = train(backbone=backbone, objective=objective, dataset=dataset, cfg=train_cfg, run_dir=run_dir,
+                   seed=seed, accelerator=accelerator, resume_from=checkpoint)
+    save_final(backbone, run_dir, accelerator)
+    if result.skipped_steps:
+        log.warning("%d steps were skipped for non-finite values", result.skipped_steps)
+    return backbone
+
+
+def pretrain_reference(resolved: ResolvedRecipe, registry, run_dir: Path, resume: bool) -> Path:
+    """Train the reference (the toy's noisy-data model) unless an identical one exists."""
+    recipe = resolved.recipe
+    stage_dir = run_dir / "reference"
+    record = {"backbone": resolved.to_dict()["backbone"], "pretrain": resolved.to_dict()["pretrain"],
+              "seed": recipe.seed}
+    record_path = stage_dir / "pretrain.json"
+    if (stage_dir / "final").is_dir() and record_path.is_file():
+        if json.loads(record_path.read_text()) == record:
+            log.info("reusing the pretrained reference in %s", stage_dir)
+            return stage_dir / "final"
+    can_resume = resume and record_path.is_file() and json.loads(record_path.read_text()) == record
+    if not can_resume:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(record_path, json.dumps(record, indent=1).encode())
+    objective = registry.get("objective", recipe.pretrain.objective.name)(resolved.config("pretrain", "objective"))
+    _stage(run_dir=stage_dir, backbone_cls=registry.get("backbone", recipe.backbone.name),
+           backbone_config=resolved.config("backbone"), objective=objective, pairs_cfg=recipe.pretrain.pairs,
+           source_config=resolved.config("pretrain", "pairs", "source"), train_cfg=recipe.pretrain.train,
+           registry=registry, seed=recipe.seed,
+           resume="latest" if can_resume and _has_checkpoint(stage_dir) else None,
+           base_dir=Path(resolved.source).parent)
+    return stage_dir / "final"
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    from prefopt.engine.checkpoint import list_checkpoints
+
+    return bool(list_checkpoints(run_dir))
+
+
+def backbone_config_for(resolved: ResolvedRecipe, pretrained: Path | None):
+    config = resolved.config("backbone")
+    return config.model_copy(update={"pretrained": str(pretrained)}) if pretrained else config
+
+
+def run_recipe(resolved: ResolvedRecipe, registry: PluginRegistry, resume: str | None = None,
+               overwrite: bool = False, pairs_dir: Path | None = None, reference: Path | None = None) -> dict:
+    """Run every stage of a recipe; returns the evaluation results."""
+    recipe = resolved.recipe
+    run_dir = Path(recipe.output_dir)
+    prepare_run_dir(run_dir, resolved, resume=resume is not None, overwrite=overwrite)
+    if reference is None and recipe.pretrain is not None:
+        reference = pretrain_reference(resolved, registry, run_dir, resume=resume is not None)
+    objective = registry.get("objective", recipe.objective.name)(resolved.config("objective"))
+    if resume == "latest" and not _has_checkpoint(run_dir):
+        resume = None  # killed before the first checkpoint: start the training stage over
+    backbone = _stage(run_dir=run_dir, backbone_cls=registry.get("backbone", recipe.backbone.name),
+                      backbone_config=backbone_config_for(resolved, reference), objective=objective,
+                      pairs_cfg=recipe.pairs, source_config=resolved.config("pairs", "source"),
+                      train_cfg=recipe.train, registry=registry, seed=recipe.seed, resume=resume,
+                      base_dir=Path(resolved.source).parent, pairs_dir=pairs_dir)
+    results = evaluate_with(resolved, registry, backbone, run_dir)
+    print(f"run finished: {run_dir / 'final'}")
+    return results
+
+
+def evaluate_with(resolved: ResolvedRecipe, registry, backbone, run_dir: Path) -> dict:
+    results: dict[str, float] = {}
+    for i, component in enumerate(resolved.recipe.eval):
+        evaluator = registry.get("evaluator", component.name)(resolved.config("eval", i))
+        results.update(evaluator.evaluate(backbone, str(run_dir), resolved.recipe.seed))
+    if resolved.recipe.eval:
+        write_atomic(run_dir / "eval.json", (json.dumps(results, indent=1) + "\n").encode())
+        for key, value in results.items():
+            print(f"  {key}: {value:.4f}")
+    return results
+
+
+def evaluate_run(resolved: ResolvedRecipe, registry, weights: Path | None = None) -> dict:
+    """``prefopt eval``: load final/ (or given weights) as the student and evaluate."""
+    run_dir = Path(resolved.recipe.output_dir)
+    weights = Path(weights or run_dir / "final")
+    if not weights.is_dir():
+        raise PrefoptError(f"no trained weights at {weights}; run the recipe first or pass --weights")
+    accelerator = make_accelerator(resolved.recipe.train)
+    backbone = registry.get("backbone", resolved.recipe.backbone.name)(backbone_config_for(resolved, weights))
+    backbone.load(runtime_for(accelerator), {})
+    return evaluate_with(resolved, registry, backbone, run_dir)
+
+
+def build_pairs_for(resolved: ResolvedRecipe, registry) -> Path:
+    """``prefopt pairs build``: the recipe's pair dataset with its reference backbone."""
+    recipe = resolved.recipe
+    run_dir = Path(recipe.output_dir)
+    reference = pretrain_reference(resolved, registry, run_dir, resume=True) if recipe.pretrain else None
+    accelerator = make_accelerator(recipe.train)
+    backbone = registry.get("backbone", recipe.backbone.name)(backbone_config_for(resolved, reference))
+    backbone.load(runtime_for(accelerator), {})
+    directory = Path(recipe.pairs.dir or run_dir / "pairs")
+    build_pairs(recipe.pairs, resolved.config("pairs", "source"), registry, backbone, directory, recipe.seed,
+                accelerator, Path(resolved.source).parent)
+    if accelerator.is_main_process:
+        print(f"pair dataset ready: {directory}")
+    return directory
+
+
+def print_plan(resolved: ResolvedRecipe, registry) -> None:
+    """``--dry-run``: what the run would load, build and train; nothing is loaded."""
+    recipe = resolved.recipe
+    backbone = registry.get("backbone", recipe.backbone.name)(resolved.config("backbone"))
+    run_dir = Path(recipe.output_dir)
+    plan = {
+        "output_dir": str(run_dir),
+        "backbone": {"name": recipe.backbone.name, **backbone.describe()},
+        "pretrain": None if recipe.pretrain is None else {
+            "objective": recipe.pretrain.objective.name, "steps": recipe.pretrain.train.max_steps,
+            "pairs": recipe.pretrain.pairs.source.name},
+        "pairs": {"source": recipe.pairs.source.name, "dir": str(recipe.pairs.dir or run_dir / "pairs"),
+                  "prompts": recipe.pairs.prompts.path if recipe.pairs.prompts else None},
+        "objective": resolved.to_dict()["objective"],
+        "train": {k: v for k, v in recipe.train.model_dump(mode="json").items()
+                  if k in ("max_steps", "batch_size", "grad_accum", "lr", "scale_lr", "mixed_precision", "optimizer")},
+        "eval": [c.name for c in recipe.eval],
+    }
+    print(yaml.safe_dump({"plan": plan}, sort_keys=False), end="")
+
+
+def show_pairs(resolved: ResolvedRecipe, registry, directory: Path, count: int = 8, output: Path | None = None) -> Path:
+    """``prefopt pairs show``: a PNG grid of decoded pairs with their prompts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prefopt.data.pairset import PairDataset
+
+    accelerator = make_accelerator(resolved.recipe.train)
+    backbone = registry.get("backbone", resolved.recipe.backbone.name)(resolved.config("backbone"))
+    backbone.load(runtime_for(accelerator), {})
+    dataset = PairDataset(directory, identity=backbone.identity())
+    n = min(count, len(dataset))
+    x0_w, x0_l, prompts, negatives = dataset.batch(range(n))
+    images = backbone.decode(x0_w.to(accelerator.device)), backbone.decode(x0_l.to(accelerator.device))
+    fig, axes = plt.subplots(n, 2, figsize=(6, 3.2 * n), squeeze=False)
+    for i in range(n):
+        for j, (side, text) in enumerate(((images[0][i], prompts[i]), (images[1][i], negatives[i]))):
+            axes[i][j].imshow(side)
+            axes[i][j].set_title(("c: " if j == 0 else "c-: ") + text[:60], fontsize=7)
+            axes[i][j].axis("off")
+    fig.tight_layout()
+    output = Path(output or Path(directory) / "pairs.png")
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return output
