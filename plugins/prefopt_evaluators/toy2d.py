@@ -61,6 +61,26 @@ class Toy2DModes(Evaluator):
             "toy/separation_ground_truth": m.separation(truth, conditions, layout.num_conditions),
         }
 
+    def comparison_figure(self, runs: dict[str, Path], shared_dir: Path, path: Path) -> Path:
+        """Fig. 2 of the paper: ground truth, the noisy training data, then every run's samples."""
+        import numpy as np
+
+        from prefopt.data.pairset import PairDataset
+
+        layout = self.config.layout
+        conditions = np.repeat(np.arange(layout.num_conditions), self.config.samples_per_condition)
+        panels = {"ground truth": (layout.sample(conditions, np.random.default_rng(self.config.seed)), conditions)}
+        noisy_dir = Path(shared_dir) / "reference" / "pairs"
+        if noisy_dir.is_dir():
+            data = PairDataset(noisy_dir)
+            x0_w, _, prompts, _ = data.batch(range(len(data)))
+            panels["noisy data"] = (x0_w.numpy(), np.array([int(p) for p in prompts]))
+        for name, run_dir in runs.items():
+            samples = Path(run_dir) / "samples.csv"
+            if samples.is_file():
+                panels[name] = read_samples(samples)
+        return self.figure(panels, path)
+
     def figure(self, panels: dict, path: Path) -> Path:
         """Scatter panels in the layout of the paper's Fig. 2; panels: title -> (points, conditions)."""
         import matplotlib

@@ -8,6 +8,7 @@ from prefopt.hookspecs import hookimpl
 from prefopt_pairs.llm_rewrite import LLMRewrite
 from prefopt_pairs.pickapic import PickAPic
 from prefopt_pairs.random_removal import RandomRemoval
+from prefopt_pairs.toy2d import Toy2DNeighbours, Toy2DPoints
 from prefopt_pairs.unpaired import NotPaired, RandPositive
 
 
@@ -19,4 +20,6 @@ def prefopt_pair_sources():
         RandPositive,
         NotPaired,
         PickAPic,
+        Toy2DPoints,
+        Toy2DNeighbours,
     ]

@@ -1,0 +1,118 @@
+"""``prefopt compare``: one recipe under several variants, on the same pairs and seeds.
+
+For each seed the reference is pretrained once and the pair dataset built once;
+every variant (an objective, a β, a pair source ...) then trains from that same
+reference on those same pairs, and the recipe's evaluators score it. Outputs in
+output_dir: ``results.csv`` and ``report.md`` (variant × metric, mean ± std over
+seeds), ``comparison.png`` when an evaluator can draw one, and each variant's
+run directory under ``<variant>/seed-<s>/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from prefopt.data.pairset import write_atomic
+from prefopt.errors import PrefoptError, RecipeError
+from prefopt.recipe import ResolvedRecipe, resolve
+
+
+def merge_variant(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply a variant: a section with a ``name`` replaces the component, others merge."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and "name" not in value and isinstance(out.get(key), dict):
+            out[key] = merge_variant(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _variant_recipe(resolved: ResolvedRecipe, registry, name: str, overrides: dict, seed: int, root: Path):
+    base = resolved.to_dict()
+    base.pop("compare", None)
+    data = merge_variant(base, overrides)
+    data["seed"] = seed
+    data["output_dir"] = str(root / name / f"seed-{seed}")
+    if "pairs" not in overrides:  # shared pairs unless the variant changes the pair source
+        data["pairs"]["dir"] = str(root / f"seed-{seed}" / "pairs")
+    return resolve(data, registry, where=f"{resolved.source} (variant {name})")
+
+
+def summarise(results: dict[str, list[dict[str, float]]]) -> tuple[list[str], list[dict[str, str]]]:
+    metrics = sorted({m for runs in results.values() for run in runs for m in run})
+    rows = []
+    for variant, runs in results.items():
+        row = {"variant": variant, "seeds": str(len(runs))}
+        for metric in metrics:
+            values = [run[metric] for run in runs if metric in run]
+            mean = statistics.fmean(values)
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            row[f"{metric}_mean"], row[f"{metric}_std"] = f"{mean:.4f}", f"{std:.4f}"
+        rows.append(row)
+    return metrics, rows
+
+
+def write_report(root: Path, metrics: list[str], rows: list[dict[str, str]], seeds: list[int],
+                 figure: Path | None) -> None:
+    with open(root / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["# Comparison", "", f"Mean ± std over seeds {seeds}.", "",
+             "| variant | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for row in rows:
+        cells = [f"{row[m + '_mean']} ± {row[m + '_std']}" for m in metrics]
+        lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
+    if figure is not None:
+        lines += ["", f"![comparison]({figure.name})"]
+    write_atomic(root / "report.md", ("\n".join(lines) + "\n").encode())
+
+
+def run_compare(resolved: ResolvedRecipe, registry, overwrite: bool = False) -> Path:
+    from prefopt.pipeline import pretrain_reference, run_recipe
+
+    compare = resolved.recipe.compare
+    if compare is None:
+        raise RecipeError(f"{resolved.source}: prefopt compare needs a `compare:` section with variants")
+    root = Path(resolved.recipe.output_dir)
+    if (root / "results.csv").exists() and not overwrite:
+        raise PrefoptError(f"{root} already holds a comparison; pass --overwrite to replace it")
+    root.mkdir(parents=True, exist_ok=True)
+    # Resolve every variant first: a typo in the last one must not cost the first ones' runs.
+    plans = {(name, seed): _variant_recipe(resolved, registry, name, overrides, seed, root)
+             for seed in compare.seeds for name, overrides in compare.variants.items()}
+
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in compare.variants}
+    for seed in compare.seeds:
+        reference = None
+        if resolved.recipe.pretrain is not None:
+            seeded = resolve({**resolved.to_dict(), "seed": seed}, registry, where=str(resolved.source))
+            reference = pretrain_reference(seeded, registry, root / f"seed-{seed}", resume=False)
+        for name in compare.variants:
+            print(f"== {name} (seed {seed})")
+            results[name].append(run_recipe(plans[name, seed], registry, overwrite=True, reference=reference))
+
+    figure = _figure(resolved, registry, root, compare, seed=compare.seeds[0])
+    metrics, rows = summarise(results)
+    write_report(root, metrics, rows, compare.seeds, figure)
+    write_atomic(root / "results.json", (json.dumps(results, indent=1) + "\n").encode())
+    print(f"comparison written: {root / 'report.md'}")
+    return root
+
+
+def _figure(resolved: ResolvedRecipe, registry, root: Path, compare, seed: int) -> Path | None:
+    """Ask the chosen evaluator (or the first that can) for a side-by-side figure."""
+    for i, component in enumerate(resolved.recipe.eval):
+        if compare.figure not in (None, component.name):
+            continue
+        evaluator = registry.get("evaluator", component.name)(resolved.config("eval", i))
+        if hasattr(evaluator, "comparison_figure"):
+            runs = {name: root / name / f"seed-{seed}" for name in compare.variants}
+            return evaluator.comparison_figure(runs, root / f"seed-{seed}", root / "comparison.png")
+    return None

@@ -1,0 +1,157 @@
+"""Load the prompt list a pair source starts from (``pairs.prompts`` in a recipe).
+
+Sources: a text file (one prompt a line), a .jsonl / .csv / .parquet file with
+the prompts in ``column`` (DiffusionDB's metadata parquet calls it
+``prompt``), a ``datasets`` directory written by ``save_to_disk``, or a
+Hugging Face hub id. Each prompt has its whitespace collapsed to single
+spaces, because word counts and de-duplication are on whitespace words and a
+newline inside a prompt would break one-line formats downstream.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from prefopt.errors import DataError, require
+from prefopt.recipe import PromptsConfig
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+FORMATS = "a text file, .jsonl, .csv, .parquet, a datasets directory or a hub id"
+
+
+def _missing_column(where: object, column: str, available: Iterable[str]) -> DataError:
+    return DataError(
+        f"{where} has no column {column!r} (available: {', '.join(available) or 'none'}); "
+        "set pairs.prompts.column"
+    )
+
+
+def _read_text(path: Path, column: str) -> list[Any]:
+    """One prompt per line; the column does not apply."""
+    return path.read_text(encoding="utf-8-sig").splitlines()
+
+
+def _read_jsonl(path: Path, column: str) -> list[Any]:
+    values = []
+    with open(path, encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number}: expected one JSON object per line")
+            if column not in record:
+                raise _missing_column(f"{path}:{number}", column, record)
+            values.append(record[column])
+    return values
+
+
+def _read_csv(path: Path, column: str) -> list[Any]:
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if column not in (reader.fieldnames or []):
+            raise _missing_column(path, column, reader.fieldnames or [])
+        return [row[column] for row in reader]
+
+
+def _read_parquet(path: Path, column: str) -> list[Any]:
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    if column not in names:
+        raise _missing_column(path, column, names)
+    return pq.read_table(path, columns=[column]).column(column).to_pylist()
+
+
+READERS: dict[str, Callable[[Path, str], list[Any]]] = {
+    "": _read_text,
+    ".txt": _read_text,
+    ".jsonl": _read_jsonl,
+    ".csv": _read_csv,
+    ".parquet": _read_parquet,
+}
+
+
+def _dataset_column(dataset: Any, column: str, where: object) -> list[Any]:
+    if column not in dataset.column_names:
+        raise _missing_column(where, column, dataset.column_names)
+    return dataset[column]
+
+
+def _read_saved_dataset(path: Path, config: PromptsConfig) -> list[Any]:
+    """A ``save_to_disk`` directory: a Dataset, or a DatasetDict from which ``split`` is taken."""
+    datasets = require("datasets", "data")
+    dataset = datasets.load_from_disk(str(path))
+    if isinstance(dataset, datasets.DatasetDict):
+        if config.split not in dataset:
+            raise DataError(f"{path} has no split {config.split!r} (available: {', '.join(dataset)})")
+        dataset = dataset[config.split]
+    return _dataset_column(dataset, config.column, path)
+
+
+def _read_with_load_dataset(source: str, config: PromptsConfig) -> list[Any]:
+    """A hub id, or a directory of data files that ``datasets.load_dataset`` understands."""
+    datasets = require("datasets", "data")
+    try:
+        dataset = datasets.load_dataset(source, split=config.split)
+    except Exception as exc:  # datasets raises many types; all mean "could not load"
+        raise DataError(f"cannot load prompts from {source!r} ({FORMATS}): {type(exc).__name__}: {exc}") from exc
+    return _dataset_column(dataset, config.column, source)
+
+
+def _read_values(config: PromptsConfig, base_dir: Path | None) -> tuple[list[Any], str]:
+    """The raw column values and a name for the source to use in messages."""
+    path = Path(config.path).expanduser()
+    if base_dir is not None and not path.is_absolute():
+        path = Path(base_dir) / path
+    if path.is_dir():
+        is_saved = any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json"))
+        values = _read_saved_dataset(path, config) if is_saved else _read_with_load_dataset(str(path), config)
+        return values, str(path)
+    if path.is_file():
+        reader = READERS.get(path.suffix.lower())
+        if reader is None:
+            raise DataError(f"unsupported prompt file {path}: use {FORMATS}")
+        return reader(path, config.column), str(path)
+    if path.suffix.lower() not in READERS and HUB_ID.match(config.path):
+        return _read_with_load_dataset(config.path, config), config.path
+    raise DataError(f"prompt file not found: {path}")
+
+
+def _clean(values: Iterable[Any]) -> list[str]:
+    """Strings with whitespace collapsed; empty and non-string cells (nulls) dropped."""
+    return [text for value in values if isinstance(value, str) and (text := " ".join(value.split()))]
+
+
+def select_prompts(prompts: list[str], config: PromptsConfig, source: str) -> list[str]:
+    """Dedupe (keeping first occurrences), drop short prompts, shuffle, then cap the count."""
+    chosen = list(dict.fromkeys(prompts)) if config.dedupe else list(prompts)
+    duplicates = len(prompts) - len(chosen)
+    long_enough = [p for p in chosen if len(p.split()) >= config.min_words]
+    if not long_enough:
+        raise DataError(
+            f"no prompts left from {source}: {len(prompts)} read, {duplicates} duplicate(s) dropped, "
+            f"{len(chosen)} under min_words={config.min_words}"
+        )
+    if config.shuffle_seed is not None:
+        random.Random(config.shuffle_seed).shuffle(long_enough)
+    return long_enough[: config.max_count]
+
+
+def load_prompts(config: PromptsConfig, base_dir: Path | None = None) -> list[str]:
+    """The prompts ``config`` names, cleaned and selected.
+
+    A relative ``config.path`` is taken from ``base_dir`` when given (e.g. the
+    recipe's directory). Raises DataError, in one line, for a missing file, a
+    missing column (listing the available ones) or an empty result.
+    """
+    values, source = _read_values(config, base_dir)
+    return select_prompts(_clean(values), config, source)
