@@ -32,7 +32,7 @@ NON_RESULT_FIELDS = {
     "pretrain.train.log_every", "pretrain.train.checkpoint_every", "pretrain.train.keep_checkpoints",
 }
 # What a fresh run (or --overwrite) replaces; pairs/ and reference/ are reused when their settings match.
-RUN_OUTPUTS = [RESOLVED, "metrics.jsonl", "checkpoints", "final", "eval.json", "samples.csv"]
+RUN_OUTPUTS = [RESOLVED, "metrics.jsonl", "checkpoints", "final", "eval.json", "samples.csv", "samples.png"]
 
 
 # -- accelerate ------------------------------------------------------------------------

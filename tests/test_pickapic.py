@@ -73,10 +73,10 @@ def test_directory_of_shards_picks_the_split(tmp_path, parquet_file):
 
 def test_saved_datasets_directory_with_image_features(tmp_path):
     datasets = pytest.importorskip("datasets")
-    features = datasets.Features(
-        {"jpg_0": datasets.Image(), "jpg_1": datasets.Image(), "label_0": datasets.Value("float64"), "caption": datasets.Value("string")}
-    )
-    cells = {**ROWS, "jpg_0": [{"bytes": b, "path": None} for b in ROWS["jpg_0"]], "jpg_1": [{"bytes": b, "path": None} for b in ROWS["jpg_1"]]}
+    image, text = datasets.Image(), datasets.Value("string")
+    features = datasets.Features({"jpg_0": image, "jpg_1": image, "label_0": datasets.Value("float64"), "caption": text})
+    as_struct = {column: [{"bytes": b, "path": None} for b in ROWS[column]] for column in ("jpg_0", "jpg_1")}
+    cells = {**ROWS, **as_struct}
     dataset = datasets.Dataset.from_dict(cells, features=features)
     datasets.DatasetDict({"train": dataset}).save_to_disk(str(tmp_path / "saved"))
     rows = source(tmp_path / "saved").pairs(None, seed=0)

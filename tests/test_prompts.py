@@ -39,7 +39,8 @@ def test_csv_reads_the_named_column_with_quoted_commas(tmp_path):
 
 def test_parquet_like_diffusiondb_metadata_skips_nulls(tmp_path):
     path = tmp_path / "metadata.parquet"
-    table = pa.table({"image_name": ["a.png", "b.png", "c.png", "d.png"], "prompt": PROMPTS[:2] + [None, PROMPTS[2]]})
+    names = ["a.png", "b.png", "c.png", "d.png"]
+    table = pa.table({"image_name": names, "prompt": PROMPTS[:2] + [None, PROMPTS[2]]})
     pq.write_table(table, path)
     assert load(path) == PROMPTS
 
@@ -48,9 +49,8 @@ def test_saved_datasets_directory(tmp_path):
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_dict({"prompt": PROMPTS}).save_to_disk(str(tmp_path / "single"))
     assert load(tmp_path / "single") == PROMPTS
-    splits = datasets.DatasetDict(
-        {"train": datasets.Dataset.from_dict({"caption": PROMPTS}), "test": datasets.Dataset.from_dict({"caption": ["x y"]})}
-    )
+    train, test = (datasets.Dataset.from_dict({"caption": rows}) for rows in (PROMPTS, ["x y"]))
+    splits = datasets.DatasetDict({"train": train, "test": test})
     splits.save_to_disk(str(tmp_path / "dict"))
     assert load(tmp_path / "dict", column="caption", split="test") == ["x y"]
     with pytest.raises(DataError, match=r"no split 'valid' \(available: train, test\)"):
@@ -123,5 +123,30 @@ def test_invalid_jsonl_line_names_its_line(tmp_path):
 def test_empty_result_says_why(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("one\none\ntwo\n")
-    with pytest.raises(DataError, match=r"no prompts left from .*p.txt: 3 read, 1 duplicate\(s\) dropped, 2 under min_words=2"):
+    expected = r"no prompts left from .*p.txt: 3 read, 1 duplicate\(s\) dropped, 2 under min_words=2"
+    with pytest.raises(DataError, match=expected):
         load(path, min_words=2)
+
+
+def test_hub_id_goes_to_load_dataset_with_the_split(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load_dataset(source, split):  # stands in for the hub: no network in tests
+        calls.append((source, split))
+        return datasets.Dataset.from_dict({"prompt": PROMPTS})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert load_prompts(PromptsConfig(path="someone/prompts", split="test"), base_dir=tmp_path) == PROMPTS
+    assert calls == [("someone/prompts", "test")]
+
+
+def test_hub_failure_is_a_data_error(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(source, split):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"cannot load prompts from 'someone/prompts' .*ConnectionError: no network"):
+        load("someone/prompts")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from prefopt.interfaces import STUDENT, Evaluator, PluginConfig
+from prefopt.interfaces import REFERENCE, STUDENT, Evaluator, PluginConfig
 from prefopt_backbones.toy2d_task import ToyLayout
 
 
@@ -46,10 +46,14 @@ class Toy2DModes(Evaluator):
         cfg, layout = self.config, self.config.layout
         conditions = np.repeat(np.arange(layout.num_conditions), cfg.samples_per_condition)
         seeds = [cfg.seed * 1_000_003 + i for i in range(len(conditions))]
-        points = backbone.sample([str(c) for c in conditions], seeds, source=STUDENT).cpu().numpy()
+        prompts = [str(c) for c in conditions]
+        points = backbone.sample(prompts, seeds, source=STUDENT).cpu().numpy()
         write_samples(Path(run_dir) / "samples.csv", points, conditions)
 
         truth = layout.sample(conditions, np.random.default_rng(cfg.seed))
+        reference = backbone.sample(prompts, seeds, source=REFERENCE).cpu().numpy()
+        self.figure({"ground truth": (truth, conditions), "reference": (reference, conditions),
+                     "fine-tuned": (points, conditions)}, Path(run_dir) / "samples.png")
         per_condition = [
             m.sliced_wasserstein(points[conditions == k], truth[conditions == k], seed=cfg.seed)
             for k in range(layout.num_conditions)

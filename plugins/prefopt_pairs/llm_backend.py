@@ -35,8 +35,9 @@ class ChatGenerator:
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(model, revision=revision)
+            # device_map puts the weights straight on the device, without a CPU copy first.
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                model, revision=revision, **{_dtype_keyword(transformers): DTYPES[dtype]}
+                model, revision=revision, device_map=str(self.device), **{_dtype_keyword(transformers): DTYPES[dtype]}
             )
         except OSError as exc:
             raise PrefoptError(f"llm_rewrite cannot load the LLM {model!r}: {exc}") from exc
@@ -46,7 +47,7 @@ class ChatGenerator:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model.to(self.device).eval()
+        self.model.eval()
 
     def __enter__(self) -> "ChatGenerator":
         return self

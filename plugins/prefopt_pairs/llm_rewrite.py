@@ -66,7 +66,8 @@ TEMPLATES: dict[str, Template] = {
         ),
         examples=(
             (
-                "portrait of an elderly fisherman, dramatic rim lighting, highly detailed, 85mm, award-winning photograph",
+                "portrait of an elderly fisherman, dramatic rim lighting, highly detailed, 85mm, "
+                "award-winning photograph",
                 ("dramatic rim lighting", "highly detailed", "85mm", "award-winning photograph"),
                 (
                     "portrait of an elderly fisherman, flat lighting, blurry, amateur snapshot",
@@ -74,7 +75,8 @@ TEMPLATES: dict[str, Template] = {
                 ),
             ),
             (
-                "a serene mountain lake at dawn, oil painting in the style of the Hudson River School, soft golden light",
+                "a serene mountain lake at dawn, oil painting in the style of the Hudson River School, "
+                "soft golden light",
                 ("serene", "oil painting", "Hudson River School", "soft golden light"),
                 (
                     "a mountain lake, dull colours, crude sketch",
@@ -177,7 +179,9 @@ class LLMRewrite(PairSource):
         temperature: float = Field(0.7, ge=0, description="sampling temperature; 0 decodes greedily")
         max_new_tokens: int = Field(256, ge=1, description="answer length limit")
         batch_size: int = Field(8, ge=1, description="prompts per generate call")
-        variants: int = Field(1, ge=1, description="degraded prompts asked for per prompt (fewer when the answer has fewer)")
+        variants: int = Field(
+            1, ge=1, description="degraded prompts asked for per prompt (fewer when the answer has fewer)"
+        )
         max_retries: int = Field(1, ge=0, description="new attempts for a prompt whose answer held no usable list")
 
     def __init__(self, config: PluginConfig | None = None):
@@ -207,6 +211,7 @@ class LLMRewrite(PairSource):
                 break
             if attempt:
                 self.stats["retried"] += len(pending)
+            log.info("llm_rewrite: attempt %d for %d prompt(s)", attempt + 1, len(pending))
             pending = self._attempt(generator, prompts, pending, done, stable_seed(seed, "llm_rewrite", attempt))
             self.stats["unparsed"] += len(pending)
         self.stats["skipped"] = len(pending)

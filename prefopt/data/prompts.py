@@ -21,6 +21,8 @@ from prefopt.errors import DataError, require
 from prefopt.recipe import PromptsConfig
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+FILE_SUFFIXES = {".txt", ".jsonl", ".json", ".csv", ".parquet"}
+"""A missing path with one of these suffixes is a missing file, never a hub id."""
 FORMATS = "a text file, .jsonl, .csv, .parquet, a datasets directory or a hub id"
 
 
@@ -121,7 +123,7 @@ def _read_values(config: PromptsConfig, base_dir: Path | None) -> tuple[list[Any
         if reader is None:
             raise DataError(f"unsupported prompt file {path}: use {FORMATS}")
         return reader(path, config.column), str(path)
-    if path.suffix.lower() not in READERS and HUB_ID.match(config.path):
+    if path.suffix.lower() not in FILE_SUFFIXES and HUB_ID.match(config.path):
         return _read_with_load_dataset(config.path, config), config.path
     raise DataError(f"prompt file not found: {path}")
 
