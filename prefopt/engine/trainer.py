@@ -194,8 +194,10 @@ def train(
             if accelerator.is_main_process and (done % cfg.log_every == 0 or done == cfg.max_steps):
                 with open(metrics_path, "a") as handle:
                     handle.write(json.dumps(metrics) + "\n")
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}",
-                                acc=f"{metrics.get('pref/accuracy', float('nan')):.2f}")
+                shown = {"loss": f"{metrics['loss']:.4f}"}
+                if "pref/accuracy" in metrics:
+                    shown["acc"] = f"{metrics['pref/accuracy']:.2f}"
+                bar.set_postfix(shown)
             bar.update(1)
             if on_step is not None:
                 on_step(done)
