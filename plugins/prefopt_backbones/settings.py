@@ -52,6 +52,9 @@ class DiffusersConfig(PluginConfig):
     )
     text_encoder_dtype: DType = Field("auto", description="text encoder weights (auto: the engine's dtype)")
     vae_dtype: DType = Field("auto", description="autoencoder weights (auto: the engine's dtype)")
+    vae_pretrained: str | None = Field(
+        None, min_length=1, description="load the autoencoder from this hub id / directory instead (e.g. a fp16-safe VAE)"
+    )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="LoRA or full fine-tuning")
     gradient_checkpointing: bool = Field(False, description="recompute denoiser activations in backward")
     attention: Literal["sdpa", "xformers"] = Field(
@@ -67,4 +70,12 @@ class DiffusersConfig(PluginConfig):
         min_length=1,
         description="diffusers scheduler class for sampling, e.g. DDIMScheduler "
         "(null: the class in the model's scheduler config, as its pipeline uses)",
+    )
+
+
+class DDPMConfig(DiffusersConfig):
+    """Settings of the ε / v-prediction families trained with a DDPM forward process."""
+
+    prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
+        None, description="what the denoiser predicts (null: as the model's scheduler config says)"
     )
