@@ -225,6 +225,16 @@ class Backbone(Plugin):
         """Write the trained model in the form the family's diffusers pipeline loads."""
         raise NotImplementedError
 
+    def load_trained(self, directory: str) -> None:
+        """Load what ``save`` wrote into the student (the reference stays as loaded)."""
+        raise NotImplementedError
+
+    def decode(self, x0) -> list:
+        """x0 in data space to viewable images (PIL), for pair grids and sample sheets."""
+        from prefopt.errors import PrefoptError
+
+        raise PrefoptError(f"the {self.name} backbone has no images to decode")
+
 
 # ----------------------------------------------------------------------------
 # Evaluators: score the trained model.

@@ -49,6 +49,13 @@ def make_accelerator(train: TrainConfig):
     return Accelerator(mixed_precision=train.mixed_precision)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs (python, numpy, torch) so random initialisations repeat across runs."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
 def runtime_for(accelerator):
     import torch
 
@@ -155,6 +162,7 @@ def _stage(*, run_dir: Path, backbone_cls, backbone_config, objective, pairs_cfg
     from prefopt.engine.trainer import train
 
     accelerator = make_accelerator(train_cfg)
+    seed_everything(seed)  # a randomly initialised backbone must be the same in every run and process
     backbone = backbone_cls(backbone_config)
     backbone.load(runtime_for(accelerator), objective.policies())
     pairs_dir = Path(pairs_dir or pairs_cfg.dir or run_dir / "pairs")
@@ -245,9 +253,13 @@ def evaluate_run(resolved: ResolvedRecipe, registry, weights: Path | None = None
     weights = Path(weights or run_dir / "final")
     if not weights.is_dir():
         raise PrefoptError(f"no trained weights at {weights}; run the recipe first or pass --weights")
+    reference = run_dir / "reference" / "final" if resolved.recipe.pretrain else None
+    if reference is not None and not reference.is_dir():
+        raise PrefoptError(f"no pretrained reference at {reference}; run the recipe first")
     accelerator = make_accelerator(resolved.recipe.train)
-    backbone = registry.get("backbone", resolved.recipe.backbone.name)(backbone_config_for(resolved, weights))
+    backbone = registry.get("backbone", resolved.recipe.backbone.name)(backbone_config_for(resolved, reference))
     backbone.load(runtime_for(accelerator), {})
+    backbone.load_trained(str(weights))
     return evaluate_with(resolved, registry, backbone, run_dir)
 
 
@@ -257,6 +269,7 @@ def build_pairs_for(resolved: ResolvedRecipe, registry) -> Path:
     run_dir = Path(recipe.output_dir)
     reference = pretrain_reference(resolved, registry, run_dir, resume=True) if recipe.pretrain else None
     accelerator = make_accelerator(recipe.train)
+    seed_everything(recipe.seed)
     backbone = registry.get("backbone", recipe.backbone.name)(backbone_config_for(resolved, reference))
     backbone.load(runtime_for(accelerator), {})
     directory = Path(recipe.pairs.dir or run_dir / "pairs")

@@ -154,3 +154,9 @@ class Toy2DBackbone(Backbone):
 
         extract_model_from_parallel(self.student).save_pretrained(Path(directory) / "denoiser")
         self.scheduler.save_pretrained(Path(directory) / "scheduler")
+
+    def load_trained(self, directory: str) -> None:
+        from prefopt_backbones.toy2d_model import ToyDenoiser
+
+        trained = ToyDenoiser.from_pretrained(directory, subfolder="denoiser")
+        self.student.load_state_dict(trained.state_dict())

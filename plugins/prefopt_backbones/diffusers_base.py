@@ -1,0 +1,435 @@
+"""What the diffusers backbones share: loading, reference and policies, sampling, saving.
+
+A family (sd, sdxl, sana) names its pipeline class, its components and its
+denoiser, and implements its forward process, prompt encoding and denoiser
+call; everything else lives here. This module imports no torch at top level
+(plugin classes must stay importable by ``prefopt validate``): heavy modules are
+imported inside the methods that need them.
+
+Sources of predictions and samples:
+
+* ``student``: the trained denoiser (the module accelerate prepared).
+* ``reference``: the frozen starting point. LoRA fine-tuning: the student's
+  own module with every adapter off (one copy of the weights). Full
+  fine-tuning: a frozen copy made before training.
+* an extra policy name (DD-CPP): a saved LoRA loaded as a named adapter on
+  the module that carries the reference, active only for its predictions.
+
+Data space: latents × the VAE's ``scaling_factor`` (as diffusers' training
+scripts store them, and as pipelines return them with ``output_type="latent"``),
+or pixels in [-1, 1] for a model without a VAE.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+from prefopt.errors import PrefoptError
+from prefopt.interfaces import REFERENCE, STUDENT, Backbone, Cond, Runtime
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+# Images per VAE call in encode_data / decode: bounds memory at high resolution.
+VAE_CHUNK = 8
+
+
+class DiffusersBackbone(Backbone):
+    """Base of the diffusers backbones (not registered itself)."""
+
+    pipeline_class: ClassVar[str]  # diffusers pipeline the family's weights load into
+    denoiser_name: ClassVar[str]  # pipeline argument, subfolder and LoRA key prefix
+    # pipeline argument (= subfolder) -> (library, class); tokenizers use AutoTokenizer.
+    component_classes: ClassVar[dict[str, tuple[str, str]]]
+    vae_blocks_key: ClassVar[str] = "block_out_channels"  # VAE config key whose length sets the downsampling
+    lora_diffusers_format: ClassVar[bool] = True  # key format of the family's diffusers LoRA script
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.runtime: Runtime | None = None
+        self.modules: dict[str, Any] = {}  # pipeline components (no scheduler); the denoiser is the student
+        self._scheduler_config: dict[str, Any] = {}
+        self._trainable = None  # the student as accelerate handed it back
+        self._host = None  # module that gives reference and policy predictions
+        self._policies: set[str] = set()
+        self._text_pipeline = None
+
+    # ------------------------------------------------------------------ family hooks
+
+    def _pixel_space(self) -> bool:
+        """True for a model without a VAE: data are pixels."""
+        return False
+
+    def _components(self) -> dict[str, tuple[str, str] | None]:
+        """Components to load; None for one this configuration has no use for."""
+        return dict(self.component_classes)
+
+    def _setup_forward_process(self) -> None:
+        """Build what the forward process needs from ``self._scheduler_config``."""
+        raise NotImplementedError
+
+    def _scheduler_overrides(self) -> dict[str, Any]:
+        """Scheduler config values the Config overrides (e.g. prediction_type)."""
+        return {}
+
+    def _forward(self, module, x_t, t, cond: Cond):
+        """One denoiser call on (x_t, t, cond) -> the prediction."""
+        raise NotImplementedError
+
+    def _pipeline_extras(self) -> dict[str, Any]:
+        """Pipeline constructor arguments beyond the components (safety checker off, ...)."""
+        return {}
+
+    def _sample_kwargs(self) -> dict[str, Any]:
+        """Pipeline call arguments beyond prompts, steps, guidance, size and seeds."""
+        return {}
+
+    def _vae_latent(self, vae, pixels):
+        """The VAE's (unscaled) latent of pixels in [-1, 1]."""
+        raise NotImplementedError
+
+    def _describe_process(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self, runtime: Runtime, policies: dict[str, str] | None = None) -> None:
+        from prefopt_backbones import loading, lora
+
+        cfg = self.config
+        self.runtime = runtime
+        full = runtime.train and cfg.finetune.mode == "full"
+        self._scheduler_config = loading.load_config(
+            "diffusers", "SchedulerMixin", cfg.pretrained, "scheduler", cfg.revision
+        )
+        self._setup_forward_process()
+        self.modules = self._load_modules(full)
+        denoiser = self.modules[self.denoiser_name]
+        loading.set_attention(denoiser, cfg.attention, runtime.device)
+
+        self._host = denoiser
+        if full:
+            frozen = loading.torch_dtype(cfg.denoiser_dtype, runtime.dtype, trainable=False)
+            self._host = loading.frozen_copy(denoiser, frozen).to(runtime.device)
+            denoiser.requires_grad_(True)
+        elif runtime.train:
+            lora.add_student_adapter(denoiser, cfg.finetune)
+        if runtime.train and cfg.gradient_checkpointing:
+            denoiser.enable_gradient_checkpointing()
+        self._load_policies(policies or {})
+
+        for module in self.modules.values():
+            if hasattr(module, "to"):
+                module.to(runtime.device)
+        self._trainable = denoiser
+        self._text_pipeline = self._pipeline(denoiser)
+
+    def _load_modules(self, full: bool) -> dict[str, Any]:
+        from prefopt_backbones import loading
+
+        cfg = self.config
+        modules: dict[str, Any] = {}
+        for name, spec in self._components().items():
+            if spec is None:
+                modules[name] = None
+                continue
+            library, class_name = spec
+            if class_name == "AutoTokenizer":
+                modules[name] = loading.load_tokenizer(cfg.pretrained, name, cfg.revision)
+                continue
+            source, subfolder = self._source_of(name)
+            dtype = loading.torch_dtype(self._dtype_setting(name), self.runtime.dtype, full and name == self.denoiser_name)
+            modules[name] = loading.load_model(library, class_name, source, subfolder, cfg.revision, cfg.variant, dtype)
+        return modules
+
+    def _source_of(self, name: str) -> tuple[str, str | None]:
+        """(repo or directory, subfolder) a component loads from."""
+        if name == "vae" and self.config.vae_pretrained:
+            return self.config.vae_pretrained, None
+        return self.config.pretrained, name
+
+    def _dtype_setting(self, name: str) -> str:
+        cfg = self.config
+        if name == self.denoiser_name:
+            return cfg.denoiser_dtype
+        if name.startswith("text_encoder"):
+            return cfg.text_encoder_dtype
+        return cfg.vae_dtype
+
+    def _load_policies(self, policies: dict[str, str]) -> None:
+        from prefopt_backbones import lora
+
+        for name, path in policies.items():
+            if name in (STUDENT, REFERENCE, lora.STUDENT_ADAPTER):
+                raise PrefoptError(f"a policy cannot be named {name!r} (reserved)")
+            lora.load_policy(self._host, name, path, prefix=self.denoiser_name)
+        self._policies = set(policies)
+
+    def _require_loaded(self) -> None:
+        if self.runtime is None:
+            raise PrefoptError(f"backbone {self.name!r} is used before load()")
+
+    # ------------------------------------------------------------------ the trained module
+
+    def trainable_module(self):
+        self._require_loaded()
+        if not self.runtime.train:
+            raise PrefoptError(f"backbone {self.name!r} was loaded for sampling only (Runtime.train is false)")
+        return self.modules[self.denoiser_name]
+
+    def set_trainable_module(self, module) -> None:
+        self._trainable = module
+
+    def _student(self):
+        """The student without accelerate's wrapper (for pipelines, adapters and saving)."""
+        accelerator = self.runtime.accelerator
+        return accelerator.unwrap_model(self._trainable) if accelerator is not None else self._trainable
+
+    def _frozen_source(self, source: str):
+        """(module, context) that give ``source``'s predictions, which are never trained."""
+        from prefopt_backbones import lora
+
+        if source == REFERENCE:
+            return self._host, lora.adapters_disabled(self._host)
+        if source in self._policies:
+            return self._host, lora.only_adapter(self._host, source)
+        known = ", ".join([STUDENT, REFERENCE, *sorted(self._policies)])
+        raise PrefoptError(f"backbone {self.name!r} has no prediction source {source!r} (loaded: {known})")
+
+    # ------------------------------------------------------------------ predictions
+
+    def predict(self, x_t, t, cond: Cond, source: str):
+        if source == STUDENT:
+            return self._forward(self._trainable, x_t, t, cond)
+        import torch
+
+        module, context = self._frozen_source(source)
+        with torch.no_grad(), context:
+            return self._forward(module, x_t, t, cond)
+
+    # ------------------------------------------------------------------ pipelines and sampling
+
+    def _scheduler(self, class_name: str | None):
+        """A diffusers scheduler built from the model's scheduler config."""
+        import diffusers
+
+        name = class_name or self._scheduler_config["_class_name"]
+        cls = getattr(diffusers, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+            raise PrefoptError(f"backbone.sampler: {name!r} is not a diffusers scheduler class")
+        return cls.from_config(self._scheduler_config, **self._scheduler_overrides())
+
+    def _pipeline(self, denoiser, scheduler_class: str | None = None):
+        """The family's diffusers pipeline around the loaded components and ``denoiser``."""
+        import diffusers
+
+        pipeline_cls = getattr(diffusers, self.pipeline_class)
+        scheduler = self._scheduler(scheduler_class or self.config.sampler)
+        components = {**self.modules, self.denoiser_name: denoiser}
+        pipeline = pipeline_cls(**components, scheduler=scheduler, **self._pipeline_extras())
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    def sample(self, prompts: Sequence[str], seeds: Sequence[int], source: str = REFERENCE):
+        """x0 in data space, one row per prompt, through the family's diffusers pipeline.
+
+        Each row's starting noise comes from its own CPU generator seeded by its
+        seed, so a row is the same whatever batch or device it is drawn on.
+        """
+        import torch
+
+        self._require_loaded()
+        if len(prompts) != len(seeds):
+            raise ValueError(f"sample: {len(prompts)} prompts but {len(seeds)} seeds")
+        module, context = (self._student(), nullcontext()) if source == STUDENT else self._frozen_source(source)
+        pipeline = self._pipeline(module)
+        size = self._resolution()
+        was_training = module.training
+        module.eval()
+        try:
+            with context:
+                out = pipeline(
+                    prompt=list(prompts),
+                    num_inference_steps=self.config.num_inference_steps,
+                    guidance_scale=self.config.guidance_scale,
+                    generator=[torch.Generator().manual_seed(int(seed)) for seed in seeds],
+                    height=size,
+                    width=size,
+                    output_type="latent",
+                    **self._sample_kwargs(),
+                )
+        finally:
+            module.train(was_training)
+        return out.images.float()
+
+    # ------------------------------------------------------------------ data space
+
+    def _config_of(self, name: str) -> dict[str, Any]:
+        """A diffusers component's config: the loaded one, or read from disk / hub without weights."""
+        from prefopt_backbones import loading
+
+        if self.modules.get(name) is not None:
+            return dict(self.modules[name].config)
+        library, class_name = self.component_classes[name]
+        source, subfolder = self._source_of(name)
+        return loading.load_config(library, class_name, source, subfolder, self.config.revision)
+
+    def _downsampling(self) -> int:
+        if self._pixel_space():
+            return 1
+        return 2 ** (len(self._config_of("vae")[self.vae_blocks_key]) - 1)
+
+    def _resolution(self) -> int:
+        factor = self._downsampling()
+        size = self.config.resolution or self._config_of(self.denoiser_name)["sample_size"] * factor
+        if size % factor:
+            raise PrefoptError(f"backbone.resolution {size} is not a multiple of the VAE's downsampling {factor}")
+        return size
+
+    def identity(self) -> dict[str, Any]:
+        """Family, data space and shape (and latent scale): what a pair dataset must match.
+
+        The pretrained id is left out on purpose: latents of one family and VAE
+        are valid for every fine-tune of it, so one dataset serves them all.
+        """
+        size = self._resolution() // self._downsampling()
+        if self._pixel_space():
+            channels = self._config_of(self.denoiser_name)["in_channels"]
+            return {"family": self.name, "data_space": "pixel", "data_shape": [channels, size, size]}
+        vae = self._config_of("vae")
+        return {
+            "family": self.name,
+            "data_space": "latent",
+            "data_shape": [vae["latent_channels"], size, size],
+            "latent_scaling_factor": vae["scaling_factor"],
+        }
+
+    def encode_data(self, items: Sequence[Any]):
+        """Images (PIL, bytes, paths, HWC arrays) to data space; tensors are taken as data already."""
+        import torch
+
+        from prefopt.errors import DataError
+        from prefopt_backbones import images
+
+        self._require_loaded()
+        shape = list(self.identity()["data_shape"])
+        out: list = [None] * len(items)
+        pending = []
+        for i, item in enumerate(items):
+            if isinstance(item, torch.Tensor):
+                if list(item.shape) != shape:
+                    raise DataError(f"given x0 tensor has shape {list(item.shape)}; this backbone's data is {shape}")
+                out[i] = item.float()
+            else:
+                pending.append(i)
+        size = self._resolution()
+        for start in range(0, len(pending), VAE_CHUNK):
+            rows = pending[start : start + VAE_CHUNK]
+            pixels = images.to_pixels([items[i] for i in rows], size)
+            for i, x in zip(rows, self._pixels_to_data(pixels)):
+                out[i] = x
+        return torch.stack([x.to("cpu", torch.float32) for x in out]) if out else torch.empty(0, *shape)
+
+    def _pixels_to_data(self, pixels):
+        import torch
+
+        if self._pixel_space():
+            return pixels
+        vae = self.modules["vae"]
+        with torch.no_grad():
+            latent = self._vae_latent(vae, pixels.to(self.runtime.device, vae.dtype))
+        return latent.float() * vae.config.scaling_factor
+
+    def decode(self, data) -> list:
+        """Data-space tensors (N, C, H, W) to PIL images."""
+        import torch
+
+        from prefopt_backbones import images
+
+        self._require_loaded()
+        if self._pixel_space():
+            return images.to_pil(data)
+        vae = self.modules["vae"]
+        out = []
+        with torch.no_grad():
+            for chunk in data.split(VAE_CHUNK):
+                latent = chunk.to(self.runtime.device, vae.dtype) / vae.config.scaling_factor
+                out += images.to_pil(vae.decode(latent).sample)
+        return out
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, directory: str) -> None:
+        """LoRA: the adapter as ``Pipeline.load_lora_weights`` reads it; full: a whole pipeline."""
+        from prefopt_backbones import lora
+
+        self._require_loaded()
+        student = self._student()
+        if self.config.finetune.mode == "lora":
+            import diffusers
+
+            getattr(diffusers, self.pipeline_class).save_lora_weights(
+                directory,
+                safe_serialization=True,
+                **{
+                    f"{self.denoiser_name}_lora_layers": lora.student_state_dict(student, self.lora_diffusers_format),
+                    f"{self.denoiser_name}_lora_adapter_metadata": lora.student_metadata(student),
+                },
+            )
+            return
+        # The saved pipeline keeps the model's own scheduler, not the pair sampler.
+        pipeline = self._pipeline(student, scheduler_class=self._scheduler_config["_class_name"])
+        pipeline.save_pretrained(directory, safe_serialization=True)
+
+    # ------------------------------------------------------------------ dry runs
+
+    def describe(self) -> dict[str, Any]:
+        """What load() would load and train, from the Config alone (nothing is read or downloaded)."""
+        cfg = self.config
+        finetune = cfg.finetune
+        components = {}
+        for name, spec in self._components().items():
+            if spec is None:
+                components[name] = None
+            else:
+                source, subfolder = self._source_of(name)
+                components[name] = f"{spec[1]} from {source}" + (f"/{subfolder}" if subfolder else "")
+        if finetune.mode == "lora":
+            trained = {
+                "mode": "lora",
+                "rank": finetune.rank,
+                "alpha": finetune.alpha or finetune.rank,
+                "target_modules": list(finetune.target_modules),
+                "init": finetune.init,
+            }
+            reference = "the student's denoiser with its LoRA adapters disabled (one copy of the weights)"
+        else:
+            trained = {"mode": "full", "module": self.denoiser_name}
+            reference = "a frozen copy of the pretrained denoiser"
+        return {
+            "family": self.name,
+            "pipeline": self.pipeline_class,
+            "pretrained": cfg.pretrained,
+            "revision": cfg.revision,
+            "variant": cfg.variant,
+            "components": components,
+            "dtypes": {
+                "denoiser": cfg.denoiser_dtype
+                + (" (float32: trained)" if cfg.denoiser_dtype == "auto" and finetune.mode == "full" else ""),
+                "text_encoder": cfg.text_encoder_dtype,
+                "vae": None if self._pixel_space() else cfg.vae_dtype,
+            },
+            "trained": trained,
+            "reference": reference,
+            "data": "pixels in [-1, 1]" if self._pixel_space() else "VAE latents × scaling_factor",
+            "forward_process": self._describe_process(),
+            "gradient_checkpointing": cfg.gradient_checkpointing,
+            "attention": cfg.attention,
+            "sampling": {
+                "sampler": cfg.sampler or "the model's scheduler",
+                "num_inference_steps": cfg.num_inference_steps,
+                "guidance_scale": cfg.guidance_scale,
+                "resolution": cfg.resolution or "native",
+            },
+        }

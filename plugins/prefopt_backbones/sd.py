@@ -1,0 +1,136 @@
+"""Stable Diffusion 1.x / 2.x backbone: UNet, CLIP text encoder, AutoencoderKL, DDPM.
+
+No torch at import: heavy modules are imported inside methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from prefopt.errors import PrefoptError
+from prefopt.interfaces import Cond
+from prefopt_backbones.diffusers_base import DiffusersBackbone
+from prefopt_backbones.settings import DDPMConfig
+
+
+class SDBackbone(DiffusersBackbone):
+    """Stable Diffusion 1.x / 2.x (UNet2DConditionModel + CLIP), ε or v prediction, optionally pixel-space.
+
+    Forward process: DDPM, x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·noise with t uniform over
+    the scheduler's num_train_timesteps; the regression target is the noise
+    (epsilon) or the velocity √ᾱ_t·noise − √(1−ᾱ_t)·x0 (v_prediction), as the
+    scheduler config says unless ``prediction_type`` overrides it.
+    ``t_fraction`` is t/(T−1), so the noisiest step is 1 (and DDSPO's linear
+    weighting equals the official code's t/(T−1)).
+
+    ``vae: false`` drops the autoencoder: the data are pixels in [-1, 1] and the
+    UNet works on them directly (small models trained from scratch).
+    """
+
+    name = "sd"
+    pipeline_class: ClassVar[str] = "StableDiffusionPipeline"
+    denoiser_name: ClassVar[str] = "unet"
+    component_classes: ClassVar[dict[str, tuple[str, str]]] = {
+        "text_encoder": ("transformers", "CLIPTextModel"),
+        "tokenizer": ("transformers", "AutoTokenizer"),
+        "vae": ("diffusers", "AutoencoderKL"),
+        "unet": ("diffusers", "UNet2DConditionModel"),
+    }
+
+    class Config(DDPMConfig):
+        pretrained: str = Field(
+            "CompVis/stable-diffusion-v1-4", min_length=1, description="hub id or local diffusers pipeline directory"
+        )
+        vae: bool = Field(
+            True, description="latent model with an AutoencoderKL; false: pixel-space UNet, data = pixels in [-1, 1]"
+        )
+
+    # ------------------------------------------------------------------ family hooks
+
+    def _pixel_space(self) -> bool:
+        return not self.config.vae
+
+    def _components(self) -> dict[str, tuple[str, str] | None]:
+        components: dict[str, tuple[str, str] | None] = dict(self.component_classes)
+        if self._pixel_space():
+            components["vae"] = None
+        return components
+
+    def _scheduler_overrides(self) -> dict[str, Any]:
+        if self.config.prediction_type is None:
+            return {}
+        return {"prediction_type": self.config.prediction_type}
+
+    def _setup_forward_process(self) -> None:
+        from diffusers import DDPMScheduler
+
+        self._noise = DDPMScheduler.from_config(self._scheduler_config, **self._scheduler_overrides())
+        kind = self._noise.config.prediction_type
+        if kind not in ("epsilon", "v_prediction"):
+            raise PrefoptError(f"backbone {self.name!r} trains epsilon or v_prediction models, not {kind!r}")
+        self._num_train_timesteps = self._noise.config.num_train_timesteps
+
+    def _pipeline(self, denoiser, scheduler_class: str | None = None):
+        pipeline = super()._pipeline(denoiser, scheduler_class)
+        if self._pixel_space():
+            pipeline.vae_scale_factor = 1  # latents are pixels: no downsampling
+        return pipeline
+
+    def _pipeline_extras(self) -> dict[str, Any]:
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+    def _vae_latent(self, vae, pixels):
+        # The posterior mean, not a draw: encoding the same image twice (a resumed
+        # pair build) gives the same latent. SD's posterior std is tiny anyway.
+        return vae.encode(pixels).latent_dist.mode()
+
+    def _describe_process(self) -> dict[str, Any]:
+        return {
+            "kind": "ddpm",
+            "prediction_type": self.config.prediction_type or "from the scheduler config",
+            "timesteps": "uniform over num_train_timesteps",
+        }
+
+    # ------------------------------------------------------------------ forward process
+
+    def sample_timesteps(self, n: int, generator):
+        import torch
+
+        return torch.randint(0, self._num_train_timesteps, (n,), generator=generator)
+
+    def t_fraction(self, t):
+        return t.float() / (self._num_train_timesteps - 1)
+
+    def add_noise(self, x0, noise, t):
+        return self._noise.add_noise(x0, noise, t)
+
+    def regression_target(self, x0, noise, t):
+        if self._noise.config.prediction_type == "v_prediction":
+            return self._noise.get_velocity(x0, noise, t)
+        return noise
+
+    # ------------------------------------------------------------------ prompts and the denoiser
+
+    def encode_prompts(self, prompts) -> Cond:
+        embeds, _ = self._text_pipeline.encode_prompt(
+            list(prompts), self.runtime.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        return {"encoder_hidden_states": embeds}
+
+    def _unet_kwargs(self, cond: Cond) -> dict[str, Any]:
+        """Denoiser keyword arguments besides the text embeddings (SDXL's micro-conditioning)."""
+        return {}
+
+    def _forward(self, module, x_t, t, cond: Cond):
+        from prefopt_backbones.loading import cast_floats, input_dtype
+
+        cond = cast_floats(cond, input_dtype(module))
+        return module(
+            x_t.to(input_dtype(module)),
+            t,
+            encoder_hidden_states=cond["encoder_hidden_states"],
+            return_dict=False,
+            **self._unet_kwargs(cond),
+        )[0]
