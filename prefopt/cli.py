@@ -160,7 +160,7 @@ def main() -> None:
         if _state["debug"]:
             raise
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))  # RunStopped (a signal, checkpoint saved): 143
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -46,7 +46,27 @@ def make_accelerator(train: TrainConfig):
     # Stages of one process may ask for different precisions; accelerate keeps
     # one global state, so start each stage from a clean one.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=train.mixed_precision)
+    # cpu=True without a GPU: processes started by torchrun / `accelerate launch --multi_gpu`
+    # then form one gloo group instead of each running alone as "process 0 of 1".
+    return Accelerator(mixed_precision=train.mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def process_state():
+    """accelerate's view of the launched processes, before any stage makes its Accelerator."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def check_precision(recipe) -> None:
+    """fp16 needs a GPU: say so before any stage (pretraining included) has run."""
+    import torch
+
+    stages = [("train", recipe.train)] + ([("pretrain.train", recipe.pretrain.train)] if recipe.pretrain else [])
+    for where, cfg in stages:
+        if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise PrefoptError(f"{where}.mixed_precision=fp16 needs a GPU; use bf16 or no on a CPU machine")
 
 
 def seed_everything(seed: int) -> None:
@@ -104,13 +124,18 @@ def prepare_run_dir(run_dir: Path, resolved: ResolvedRecipe, resume: bool, overw
         probe.unlink()
     except OSError as exc:
         raise PrefoptError(f"output_dir {run_dir} is not writable: {exc.strerror or exc}") from None
-    for name in RUN_OUTPUTS:
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    write_atomic(resolved_path, resolved.to_yaml().encode())
+    # Under `accelerate launch` every process has looked before the main one changes anything.
+    state = process_state()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        for name in RUN_OUTPUTS:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        write_atomic(resolved_path, resolved.to_yaml().encode())
+    state.wait_for_everyone()
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -146,8 +171,10 @@ def save_final(backbone, run_dir: Path, accelerator) -> Path:
             backbone.save(str(tmp))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise PrefoptError(f"could not write {final}: {exc.strerror or exc}") from exc
             raise
     accelerator.wait_for_everyone()
     return final
@@ -189,10 +216,15 @@ def pretrain_reference(resolved: ResolvedRecipe, registry, run_dir: Path, resume
             log.info("reusing the pretrained reference in %s", stage_dir)
             return stage_dir / "final"
     can_resume = resume and record_path.is_file() and json.loads(record_path.read_text()) == record
-    if not can_resume:
-        shutil.rmtree(stage_dir, ignore_errors=True)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(record_path, json.dumps(record, indent=1).encode())
+    # Under `accelerate launch` every process has looked before the main one changes anything.
+    state = process_state()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if not can_resume:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(record_path, json.dumps(record, indent=1).encode())
+    state.wait_for_everyone()
     objective = registry.get("objective", recipe.pretrain.objective.name)(resolved.config("pretrain", "objective"))
     _stage(run_dir=stage_dir, backbone_cls=registry.get("backbone", recipe.backbone.name),
            backbone_config=resolved.config("backbone"), objective=objective, pairs_cfg=recipe.pretrain.pairs,
@@ -219,6 +251,7 @@ def run_recipe(resolved: ResolvedRecipe, registry: PluginRegistry, resume: str |
     """Run every stage of a recipe; returns the evaluation results."""
     recipe = resolved.recipe
     run_dir = Path(recipe.output_dir)
+    check_precision(recipe)
     prepare_run_dir(run_dir, resolved, resume=resume is not None, overwrite=overwrite)
     if reference is None and recipe.pretrain is not None:
         reference = pretrain_reference(resolved, registry, run_dir, resume=resume is not None)
@@ -267,6 +300,7 @@ def build_pairs_for(resolved: ResolvedRecipe, registry) -> Path:
     """``prefopt pairs build``: the recipe's pair dataset with its reference backbone."""
     recipe = resolved.recipe
     run_dir = Path(recipe.output_dir)
+    check_precision(recipe)
     reference = pretrain_reference(resolved, registry, run_dir, resume=True) if recipe.pretrain else None
     accelerator = make_accelerator(recipe.train)
     seed_everything(recipe.seed)

@@ -177,12 +177,19 @@ def _explain(error: dict, model: type[BaseModel], prefix: tuple, where: str, ove
         valid = _fields_at(model, tuple(error["loc"])[:-1])
         close = difflib.get_close_matches(key, valid, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else (f"; valid: {', '.join(valid)}" if valid else "")
-        if path in overrides:
-            return f"override {path}={overrides[path]!r} names no field{hint}"
+        # The override that put the key there: the key itself, or a section
+        # it created on its way (`trian.max_steps=3` creates `trian`).
+        named = [k for k in overrides if k == path or k.startswith(path + ".")]
+        if named:
+            return f"override {named[0]}={overrides[named[0]]!r} names no field{hint}"
         return f"{where}: unknown key {path!r}{hint}"
     value = error.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"{where}: {path}: {error['msg']}{shown}"
+    # A model-level check has an empty path; pydantic prefixes the message of
+    # a validator's ValueError with "Value error, ", which says nothing here.
+    place = f"{path}: " if path else ""
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {place}{message}{shown}"
 
 
 def _first_error(exc: ValidationError, model, prefix, where, overrides) -> RecipeError:
@@ -223,18 +230,31 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _list_index(items: list, part: str, key: str, value: Any) -> int:
+    """``eval.0.samples=...``: a numeric part indexes a list section."""
+    if not part.isdigit() or int(part) >= len(items):
+        raise RecipeError(f"override {key}={value!r}: {part!r} is not an index of a list of {len(items)}")
+    return int(part)
+
+
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
-        node = data
+        node: Any = data
         parts = key.split(".")
         for part in parts[:-1]:
-            child = node.get(part) if isinstance(node, dict) else None
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
+            if isinstance(node, list):
+                node = node[_list_index(node, part, key, value)]
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                node = child
+            if not isinstance(node, (dict, list)):
                 raise RecipeError(f"override {key}={value!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
+        if isinstance(node, list):
+            node[_list_index(node, parts[-1], key, value)] = value
+        else:
+            node[parts[-1]] = value
     return data
 
 

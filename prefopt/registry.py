@@ -73,26 +73,30 @@ class PluginRegistry:
 
     def _collect(self) -> dict[str, dict[str, type[Plugin]]]:
         by_kind: dict[str, dict[str, type[Plugin]]] = {kind: {} for kind in KINDS}
+        origins: dict[tuple[str, str], str] = {}  # (kind, name) -> who registered it
         for kind, hook_name in _HOOK_OF_KIND.items():
             hook = getattr(self.manager.hook, hook_name)
             for impl in hook.get_hookimpls():
                 for cls in impl.function() or []:
-                    self._add(by_kind[kind], kind, cls, impl.plugin_name)
+                    self._add(by_kind[kind], origins, kind, cls, impl.plugin_name)
         return by_kind
 
     @staticmethod
-    def _add(table: dict, kind: str, cls: type[Plugin], origin: str) -> None:
+    def _add(table: dict, origins: dict, kind: str, cls: type[Plugin], origin: str) -> None:
         base = KINDS[kind]
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(f"{origin} registered {cls!r} as a {kind}, but it is not a {base.__name__}")
         name = cls.name
         if name in table:
+            # Name both distributions, so the user knows which one to uninstall.
             previous = table[name]
             raise PluginError(
                 f"two plugins register the {kind} {name!r}: "
-                f"{previous.__module__}.{previous.__qualname__} and {cls.__module__}.{cls.__qualname__}"
+                f"{previous.__module__}.{previous.__qualname__} (from {origins[kind, name]}) and "
+                f"{cls.__module__}.{cls.__qualname__} (from {origin})"
             )
         table[name] = cls
+        origins[kind, name] = origin
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._by_kind[kind])

@@ -100,8 +100,9 @@ class DiffusersBackbone(Backbone):
         cfg = self.config
         self.runtime = runtime
         full = runtime.train and cfg.finetune.mode == "full"
+        # Any scheduler class reads scheduler_config.json; which one it names is kept in _class_name.
         self._scheduler_config = loading.load_config(
-            "diffusers", "SchedulerMixin", cfg.pretrained, "scheduler", cfg.revision
+            "diffusers", "DDPMScheduler", cfg.pretrained, "scheduler", cfg.revision
         )
         self._setup_forward_process()
         self.modules = self._load_modules(full)

@@ -77,7 +77,9 @@ def set_attention(module, attention: str, device: torch.device) -> None:
 
 def frozen_copy(module, dtype: torch.dtype):
     """An independent, frozen, eval-mode copy of a module (the full fine-tuning reference)."""
-    return copy.deepcopy(module).requires_grad_(False).eval().to(dtype=dtype)
+    frozen = copy.deepcopy(module).requires_grad_(False).eval()
+    # Cast only when needed: diffusers warns on any .to(dtype) of a loaded model.
+    return frozen if input_dtype(frozen) == dtype else frozen.to(dtype=dtype)
 
 
 def input_dtype(module) -> torch.dtype:

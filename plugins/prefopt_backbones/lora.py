@@ -12,6 +12,7 @@ weight trainable, nor the student's adapter frozen.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -46,7 +47,9 @@ def load_policy(host, name: str, path: str, prefix: str) -> None:
     """Load a saved LoRA (a backbone's save() output) as the frozen adapter ``name``."""
     active = host.active_adapters() if getattr(host, "_hf_peft_config_loaded", False) else []
     try:
-        host.load_lora_adapter(path, prefix=prefix, adapter_name=name)
+        with warnings.catch_warnings():  # several adapters on one model is the point here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            host.load_lora_adapter(path, prefix=prefix, adapter_name=name, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise PrefoptError(f"cannot load policy {name!r} from {path}: {exc}") from exc
     for key, param in host.named_parameters():

@@ -9,12 +9,15 @@ previous checkpoints untouched or one more complete checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
 
 from prefopt.errors import PrefoptError
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
@@ -48,30 +51,55 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     return candidate
 
 
+def _discard(path: Path) -> None:
+    """Remove a checkpoint so that a kill midway never leaves a half-deleted ``step-*``.
+
+    The rename is atomic: the directory is whole under its name or gone from it.
+    """
+    trash = path.with_name(f".trash-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete what a run killed while saving (``.tmp-step-*``) or pruning (``.trash-step-*``) left."""
+    root = checkpoint_dir(run_dir)
+    if root.is_dir():
+        for stale in root.glob(".t*-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int) -> Path:
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(str(tmp), safe_serialization=True)
+        root.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:
-            (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
-            _fsync_tree(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-    except BaseException:
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            remove_leftovers(run_dir)
+        accelerator.wait_for_everyone()
+        try:
+            accelerator.save_state(str(tmp), safe_serialization=True)
+            if accelerator.is_main_process:
+                (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+                _fsync_tree(tmp)
+                if final.exists():
+                    _discard(final)
+                os.replace(tmp, final)
+        except BaseException:
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except OSError as exc:
+        raise PrefoptError(f"could not write checkpoint {final}: {exc.strerror or exc}") from exc
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                _discard(old)
+            except OSError as exc:
+                log.warning("could not remove old checkpoint %s: %s", old, exc)
     return final
 
 

@@ -21,7 +21,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from prefopt.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from prefopt.data.pairset import write_atomic
+from prefopt.engine.checkpoint import list_checkpoints, load_checkpoint, remove_leftovers, save_checkpoint
 from prefopt.engine.step import FusedStep, PairBatch
 from prefopt.errors import PrefoptError, require
 from prefopt.interfaces import Backbone, Objective
@@ -149,6 +150,7 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         _truncate_metrics(metrics_path, start)
+        remove_leftovers(run_dir)
 
     def reduce_mean(x: torch.Tensor) -> torch.Tensor:
         return accelerator.reduce(x.detach().clone(), reduction="mean") if world > 1 else x
@@ -248,5 +250,12 @@ def _truncate_metrics(path: Path, start: int) -> None:
     if start == 0:
         path.unlink()
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= start:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut short by a kill or a full disk
+            continue
+    # Atomic, so a kill now cannot lose the lines of the steps already done.
+    write_atomic(path, "".join(line + "\n" for line in kept).encode())

@@ -1,0 +1,285 @@
+"""Every user mistake: exit code 2, one ``error:`` line on stderr, no traceback (unless --debug).
+
+Most cases call ``prefopt.cli.main()`` in-process (fast). Plugin failures are
+made with real distributions: a dist-info + package in a temporary directory
+put on sys.path, which importlib.metadata discovers like any installed plugin.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+from fixtures.dists import install_source, run_cli
+from prefopt import cli as cli_module
+from prefopt.cli import main
+from prefopt.errors import PluginError, PrefoptError
+from prefopt.hookspecs import hookimpl
+from prefopt.interfaces import Objective, PluginConfig
+from prefopt.registry import PluginRegistry
+
+# A small but complete recipe; each case breaks one thing in it.
+BASE = {
+    "seed": 0,
+    "output_dir": "runs/cli-errors",
+    "backbone": {"name": "toy2d", "hidden": 32, "layers": 2},
+    "pairs": {"source": {"name": "toy2d_neighbours"}},
+    "objective": {"name": "ddspo", "beta": 2000},
+    "train": {"max_steps": 5, "batch_size": 8, "lr": 1e-4},
+    "eval": [{"name": "toy2d_modes"}],
+}
+
+
+def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``prefopt ARGS`` in-process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["prefopt", *args])
+    monkeypatch.setitem(cli_module._state, "debug", False)  # no --debug left over from another test
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_recipe(tmp_path: Path, data=None, text: str | None = None) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(data if data is not None else BASE))
+    return path
+
+
+def with_changes(**sections) -> dict:
+    data = yaml.safe_load(yaml.safe_dump(BASE))  # deep copy
+    for key, value in sections.items():
+        if value is None:
+            data.pop(key, None)
+        elif isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    return data
+
+
+def assert_one_error_line(code: int, err: str, *fragments: str) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def test_base_recipe_is_valid(tmp_path, monkeypatch, capsys):
+    code, out, err = cli(monkeypatch, capsys, "validate", str(write_recipe(tmp_path)))
+    assert code == 0 and err == "" and out.strip().endswith(": ok")
+
+
+# (id, recipe data or raw text, overrides, fragments the error line must hold)
+CASES = [
+    ("malformed-yaml", "seed: 0\nbackbone: {name: toy2d\nobjective: x\n", [],
+     ["malformed YAML", "line 3"]),
+    ("not-a-mapping", "- backbone\n- objective\n", [], ["must be a mapping"]),
+    ("unknown-top-level-key", with_changes(trian=BASE["train"]), [],
+     ["unknown key 'trian'", "did you mean 'train'"]),
+    ("unknown-nested-key", with_changes(train={"max_step": 3}), [],
+     ["unknown key 'train.max_step'", "did you mean 'max_steps'"]),
+    ("unknown-plugin-param", with_changes(objective={"bta": 5}), [],
+     ["unknown key 'objective.bta'", "did you mean 'beta'"]),
+    ("unknown-plugin-param-in-list", with_changes(eval=[{"name": "toy2d_modes", "samples_per_condtion": 50}]), [],
+     ["eval.0.samples_per_condtion", "did you mean 'samples_per_condition'"]),
+    ("unknown-objective", with_changes(objective={"name": "ddpso"}), [],
+     ["objective.name", "unknown objective 'ddpso'", "available: ", "diffusion_dpo", "did you mean 'ddspo'"]),
+    ("unknown-pair-source", with_changes(pairs={"source": {"name": "toy2d_neighbors"}}), [],
+     ["pairs.source.name", "unknown pair source 'toy2d_neighbors'", "available: ", "did you mean 'toy2d_neighbours'"]),
+    ("unknown-backbone", with_changes(backbone={"name": "sd99"}), [],
+     ["unknown backbone 'sd99'", "available: ", "toy2d"]),
+    ("unknown-evaluator", with_changes(eval=[{"name": "nope"}]), [], ["eval.0.name", "unknown evaluator 'nope'"]),
+    ("wrong-type", with_changes(train={"max_steps": "ten"}), [], ["train.max_steps", "integer", "'ten'"]),
+    ("wrong-type-plugin", with_changes(backbone={"hidden": "wide"}), [], ["backbone.hidden", "'wide'"]),
+    ("out-of-range", with_changes(train={"lr": -1}), [], ["train.lr", "greater than 0", "-1"]),
+    ("out-of-range-plugin", with_changes(objective={"beta": 0}), [], ["objective.beta", "greater than 0"]),
+    ("bad-choice", with_changes(train={"optimizer": "sgd"}), [], ["train.optimizer", "'sgd'"]),
+    ("missing-section", with_changes(objective=None), [], ["objective", "required"]),
+    ("component-not-a-section", with_changes(backbone="toy2d"), [], ["backbone", "'toy2d'"]),
+    ("duplicate-evaluator", with_changes(eval=[{"name": "toy2d_modes"}] * 2), [], ["eval lists an evaluator twice"]),
+    ("override-names-no-field", BASE, ["train.max_step=3"],
+     ["override train.max_step=3 names no field", "did you mean 'max_steps'"]),
+    ("override-unknown-plugin-param", BASE, ["objective.bta=5"],
+     ["override objective.bta=5 names no field", "did you mean 'beta'"]),
+    ("override-unknown-section", BASE, ["trian.max_steps=3"],
+     ["override trian.max_steps=3 names no field", "did you mean 'train'"]),
+    ("override-wrong-type", BASE, ["train.max_steps=ten"], ["train.max_steps", "'ten'"]),
+    ("override-out-of-range", BASE, ["train.lr=-1"], ["train.lr", "greater than 0"]),
+    ("override-into-a-value", BASE, ["train.max_steps.x=3"], ["'max_steps' is not a section"]),
+    ("override-bad-index", BASE, ["eval.3.samples_per_condition=3"], ["'3' is not an index"]),
+    ("override-without-equals", BASE, ["train.max_steps"], ["must look like section.field=value"]),
+]
+
+
+@pytest.mark.parametrize("data, overrides, fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_error_line(data, overrides, fragments, tmp_path, monkeypatch, capsys):
+    path = write_recipe(tmp_path, text=data) if isinstance(data, str) else write_recipe(tmp_path, data)
+    code, out, err = cli(monkeypatch, capsys, "validate", str(path), *overrides)
+    assert_one_error_line(code, err, *fragments)
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path, monkeypatch, capsys):
+    path = write_recipe(tmp_path, text="seed: 0\ntrain:\n  max_steps: [1, 2\n  lr: 3\n")
+    code, _, err = cli(monkeypatch, capsys, "validate", str(path))
+    line = assert_one_error_line(code, err, str(path), "malformed YAML")
+    assert "line " in line
+
+
+def test_missing_recipe_file(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "nope.yaml"
+    code, _, err = cli(monkeypatch, capsys, "validate", str(missing))
+    assert_one_error_line(code, err, "recipe file not found", str(missing))
+
+
+@pytest.mark.parametrize("command", ["validate", "run", "compare", "eval", "bench"])
+def test_every_recipe_command_reports_recipe_errors(command, tmp_path, monkeypatch, capsys):
+    # The commands share one loader: none of them gets as far as torch.
+    path = write_recipe(tmp_path, with_changes(train={"lr": -1}))
+    code, _, err = cli(monkeypatch, capsys, command, str(path))
+    assert_one_error_line(code, err, "train.lr")
+
+
+def test_debug_re_raises_with_the_traceback(tmp_path, monkeypatch, capsys):
+    path = write_recipe(tmp_path, with_changes(train={"lr": -1}))
+    monkeypatch.setattr(sys, "argv", ["prefopt", "--debug", "validate", str(path)])
+    with pytest.raises(PrefoptError, match="train.lr"):
+        main()
+
+
+def test_debug_prints_a_traceback_in_a_real_process(tmp_path):
+    code, _, err, _ = run_cli(["--debug", "validate", str(tmp_path / "nope.yaml")])
+    assert code != 0
+    assert "Traceback" in err and "recipe file not found" in err
+    code, _, err, _ = run_cli(["validate", str(tmp_path / "nope.yaml")])
+    assert code == 2 and "Traceback" not in err and err.startswith("error: ")
+
+
+# -- plugins that cannot load ----------------------------------------------------------------
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A directory on sys.path for fake installed distributions; their modules are forgotten after."""
+    directory = tmp_path / "site"
+    directory.mkdir()
+    monkeypatch.syspath_prepend(str(directory))  # also invalidates import caches
+    before = set(sys.modules)
+    yield directory
+    for name in set(sys.modules) - before:
+        if name.startswith("prefopt_fake_"):
+            del sys.modules[name]
+
+
+def _objective_dist(site: Path, dist: str, package: str, objective_name: str) -> None:
+    install_source(
+        site, dist,
+        {
+            f"{package}/__init__.py": "",
+            f"{package}/plugin.py": f"""
+                from prefopt.hookspecs import hookimpl
+                from prefopt.interfaces import Objective
+
+
+                class Twin(Objective):
+                    \"\"\"An objective whose name another plugin also claims.\"\"\"
+
+                    name = {objective_name!r}
+
+
+                @hookimpl
+                def prefopt_objectives():
+                    return [Twin]
+            """,
+        },
+        {"twin": f"{package}.plugin"},
+    )
+
+
+def test_plugin_that_fails_to_import_is_named_with_its_error(site, tmp_path, monkeypatch, capsys):
+    install_source(
+        site, "prefopt-fake-broken",
+        {
+            "prefopt_fake_broken/__init__.py": "",
+            "prefopt_fake_broken/plugin.py": "import prefopt_fake_missing_dependency\n",
+        },
+        {"broken": "prefopt_fake_broken.plugin"},
+    )
+    code, _, err = cli(monkeypatch, capsys, "validate", str(write_recipe(tmp_path)))
+    assert_one_error_line(
+        code, err, "'broken'", "prefopt-fake-broken", "prefopt_fake_broken.plugin", "failed to import",
+        "ModuleNotFoundError", "prefopt_fake_missing_dependency",
+    )
+    # `prefopt plugins` reports the same, instead of a partial list.
+    code, _, err = cli(monkeypatch, capsys, "plugins")
+    assert_one_error_line(code, err, "prefopt-fake-broken")
+
+
+def test_two_distributions_registering_one_name(site, tmp_path, monkeypatch, capsys):
+    _objective_dist(site, "prefopt-fake-twin-a", "prefopt_fake_twin_a", "twin")
+    _objective_dist(site, "prefopt-fake-twin-b", "prefopt_fake_twin_b", "twin")
+    code, _, err = cli(monkeypatch, capsys, "validate", str(write_recipe(tmp_path)))
+    assert_one_error_line(
+        code, err, "two plugins register the objective 'twin'", "prefopt-fake-twin-a", "prefopt-fake-twin-b"
+    )
+
+
+def test_a_plugin_may_not_take_a_first_party_name(site, tmp_path, monkeypatch, capsys):
+    _objective_dist(site, "prefopt-fake-shadow", "prefopt_fake_shadow", "ddspo")
+    code, _, err = cli(monkeypatch, capsys, "plugins")
+    assert_one_error_line(code, err, "'ddspo'", "prefopt_objectives.ddspo", "prefopt-fake-shadow")
+
+
+def _module_with(name: str, *classes) -> ModuleType:
+    module = ModuleType(name)
+
+    @hookimpl
+    def prefopt_objectives():
+        return list(classes)
+
+    module.prefopt_objectives = prefopt_objectives
+    return module
+
+
+class _TwinA(Objective):
+    name = "twin"
+
+    class Config(PluginConfig):
+        pass
+
+
+class _TwinB(Objective):
+    name = "twin"
+
+
+def test_duplicate_names_between_modules():
+    with pytest.raises(PluginError, match="two plugins register the objective 'twin'") as info:
+        PluginRegistry(modules=[_module_with("mod_a", _TwinA), _module_with("mod_b", _TwinB)], autoload=False)
+    assert "_TwinA" in str(info.value) and "_TwinB" in str(info.value)
+    assert "mod_a" in str(info.value) and "mod_b" in str(info.value)
+
+
+def test_a_class_of_the_wrong_kind_is_refused():
+    class NotAnObjective:
+        name = "x"
+
+    with pytest.raises(PluginError, match="not a Objective"):
+        PluginRegistry(modules=[_module_with("mod_c", NotAnObjective)], autoload=False)
+
+
+def test_registries_are_independent():
+    # No module-level registry: a registry built with an extra module does
+    # not leak that plugin into the next one.
+    with_extra = PluginRegistry(modules=[_module_with("mod_d", _TwinA)])
+    assert "twin" in with_extra.names("objective")
+    assert "twin" not in PluginRegistry().names("objective")
