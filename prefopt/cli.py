@@ -51,7 +51,11 @@ def _load(recipe: Path, overrides: Optional[List[str]]):
 @app.command()
 def validate(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg) -> None:
     """Check a recipe against every plugin's Config, without importing torch."""
-    _, resolved = _load(recipe, overrides)
+    registry, resolved = _load(recipe, overrides)
+    if resolved.recipe.compare is not None:
+        from prefopt.compare import resolve_variants
+
+        resolve_variants(resolved, registry)
     typer.echo(f"{recipe}: ok")
 
 

@@ -44,6 +44,14 @@ def _variant_recipe(resolved: ResolvedRecipe, registry, name: str, overrides: di
     return resolve(data, registry, where=f"{resolved.source} (variant {name})")
 
 
+def resolve_variants(resolved: ResolvedRecipe, registry) -> dict[tuple[str, int], ResolvedRecipe]:
+    """Every (variant, seed) recipe, validated; raises on the first bad variant."""
+    compare = resolved.recipe.compare
+    root = Path(resolved.recipe.output_dir)
+    return {(name, seed): _variant_recipe(resolved, registry, name, overrides, seed, root)
+            for seed in compare.seeds for name, overrides in compare.variants.items()}
+
+
 def summarise(results: dict[str, list[dict[str, float]]]) -> tuple[list[str], list[dict[str, str]]]:
     metrics = sorted({m for runs in results.values() for run in runs for m in run})
     rows = []
@@ -85,8 +93,7 @@ def run_compare(resolved: ResolvedRecipe, registry, overwrite: bool = False) -> 
         raise PrefoptError(f"{root} already holds a comparison; pass --overwrite to replace it")
     root.mkdir(parents=True, exist_ok=True)
     # Resolve every variant first: a typo in the last one must not cost the first ones' runs.
-    plans = {(name, seed): _variant_recipe(resolved, registry, name, overrides, seed, root)
-             for seed in compare.seeds for name, overrides in compare.variants.items()}
+    plans = resolve_variants(resolved, registry)
 
     results: dict[str, list[dict[str, float]]] = {name: [] for name in compare.variants}
     for seed in compare.seeds:
