@@ -222,8 +222,11 @@ def pretrain_reference(resolved: ResolvedRecipe, registry, run_dir: Path, resume
     if state.is_main_process:
         if not can_resume:
             shutil.rmtree(stage_dir, ignore_errors=True)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(record_path, json.dumps(record, indent=1).encode())
+        try:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(record_path, json.dumps(record, indent=1).encode())
+        except OSError as exc:
+            raise PrefoptError(f"output_dir {run_dir} is not writable: {exc.strerror or exc}") from None
     state.wait_for_everyone()
     objective = registry.get("objective", recipe.pretrain.objective.name)(resolved.config("pretrain", "objective"))
     _stage(run_dir=stage_dir, backbone_cls=registry.get("backbone", recipe.backbone.name),

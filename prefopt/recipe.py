@@ -209,6 +209,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"{path}:{line}: malformed YAML: {problem}") from None
     except UnicodeDecodeError:
         raise RecipeError(f"{path}: not a text file") from None
+    except Exception as exc:  # noqa: BLE001 - YAML's constructors raise anything: 2001-13-45, "!!float ''"
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else (str(exc) or type(exc).__name__)
+        raise RecipeError(f"{path}: malformed YAML: {problem.splitlines()[0]}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -223,9 +226,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise RecipeError(f"override {text!r} has an empty field name")
+    if not key.isprintable():
+        raise RecipeError(f"override {text!r} has a control character in its field name")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except Exception:  # noqa: BLE001 - not YAML (YAML's constructors raise anything): the text itself
         value = raw
     return key, value
 

@@ -16,6 +16,8 @@ from tiny_models import (  # noqa: F401  (fixtures)
     cpu_runtime,
     load_backbone,
     objective,
+    one_torch_thread,
+    pair_batch,
     probe,
     tiny_sd,
     tiny_sd_pixel,
@@ -23,7 +25,7 @@ from tiny_models import (  # noqa: F401  (fixtures)
     train_steps,
 )
 
-from prefopt.errors import MissingDependencyError, PrefoptError
+from prefopt.errors import DataError, MissingDependencyError, PrefoptError
 from prefopt_backbones.sd import SDBackbone
 
 OBJECTIVES = ["ddspo", "diffusion_dpo", "diffusion_kto"]
@@ -142,8 +144,6 @@ def test_sample_matches_the_diffusers_pipeline(tiny_sd):
 
 
 def test_encode_data_accepts_images_and_round_trips(tiny_sd, tmp_path):
-    from PIL import Image
-
     backbone = load_backbone(SDBackbone, tiny_sd)
     latents = backbone.sample(PROMPTS[:2], [1, 2])
     images = backbone.decode(latents)
@@ -159,9 +159,8 @@ def test_encode_data_accepts_images_and_round_trips(tiny_sd, tmp_path):
         assert torch.allclose(row, encoded[0])
     assert torch.equal(encoded[5], latents[1])  # tensors are data already
     assert encoded.abs().max() < 100  # scaled like training latents, not raw VAE output
-    with pytest.raises(Exception, match="shape"):
+    with pytest.raises(DataError, match="shape"):
         backbone.encode_data([torch.zeros(3, 3)])
-    assert isinstance(Image.new("RGB", (2, 2)), Image.Image)
 
 
 def test_sampling_scheduler_is_configurable(tiny_sd):
@@ -227,6 +226,30 @@ def test_full_save_is_a_pipeline(tiny_sd, tmp_path):
     assert image.size == (SD_RESOLUTION, SD_RESOLUTION)
 
 
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_load_trained_restores_the_student(tiny_sd, tmp_path, mode, train):
+    trained = load_backbone(SDBackbone, tiny_sd, mode, finetune={"rank": 4, "alpha": 8})
+    train_steps(trained, objective("diffusion_dpo"), 2)
+    trained.save(str(tmp_path / "final"))
+
+    fresh = load_backbone(SDBackbone, tiny_sd, mode, train=train)  # default rank 8: the saved rank 4 wins
+    reference = probe(fresh, "reference")
+    fresh.load_trained(str(tmp_path / "final"))
+    assert torch.allclose(probe(fresh, "student"), probe(trained, "student"), atol=1e-6)
+    assert torch.equal(probe(fresh, "reference"), reference)
+    assert torch.allclose(fresh.sample(PROMPTS[:1], [3], "student"), trained.sample(PROMPTS[:1], [3], "student"),
+                          atol=1e-5)
+
+
+def test_load_trained_rejects_what_it_cannot_read(tiny_sd, tmp_path):
+    backbone = load_backbone(SDBackbone, tiny_sd, "lora")
+    with pytest.raises(PrefoptError, match="neither a diffusers pipeline"):
+        backbone.load_trained(str(tmp_path))
+    with pytest.raises(PrefoptError, match="finetune.mode: full"):
+        backbone.load_trained(str(tiny_sd))
+
+
 def _assert_pipeline_unet_is_student(unet, backbone):
     shape = backbone.identity()["data_shape"]
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
@@ -283,7 +306,7 @@ def test_policies_are_extra_frozen_adapters(tiny_sd, two_policies, mode):
 def test_policy_names_are_checked(tiny_sd, two_policies):
     with pytest.raises(PrefoptError, match="reserved"):
         load_backbone(SDBackbone, tiny_sd, policies={"reference": two_policies["policy_w"]})
-    with pytest.raises(PrefoptError, match="cannot load policy"):
+    with pytest.raises(PrefoptError, match="cannot load LoRA 'policy_w'"):
         load_backbone(SDBackbone, tiny_sd, policies={"policy_w": "/nonexistent/lora"})
 
 
@@ -291,6 +314,7 @@ def test_sampling_only_load_serves_policies(tiny_sd, two_policies):
     """Runtime.train false: no adapter, no copy; a saved LoRA can still be sampled as a policy."""
     backbone = load_backbone(SDBackbone, tiny_sd, train=False, policies={"trained": two_policies["policy_w"]})
     assert torch.allclose(probe(backbone, "trained"), two_policies["policy_w/probe"], atol=1e-6)
+    assert torch.equal(probe(backbone, "student"), probe(backbone, "reference"))  # the policy stays off
     assert not torch.allclose(backbone.sample(PROMPTS[:1], [0], "trained"), backbone.sample(PROMPTS[:1], [0]))
     with pytest.raises(PrefoptError, match="sampling only"):
         backbone.trainable_module()
@@ -305,6 +329,25 @@ def test_gradient_checkpointing_is_enabled(tiny_sd):
     check_training_step(backbone, "diffusion_dpo")
 
 
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_half_precision_runtime(tiny_sd, mode):
+    """Frozen weights in the engine's bf16, trained weights in float32, a step under autocast."""
+    from prefopt.engine.step import FusedStep
+    from prefopt.interfaces import Runtime
+
+    backbone = SDBackbone(SDBackbone.Config(pretrained=str(tiny_sd), finetune={"mode": mode}))
+    backbone.load(Runtime(device=torch.device("cpu"), dtype=torch.bfloat16))
+    backbone.set_trainable_module(backbone.trainable_module())
+    assert backbone._host.dtype == torch.bfloat16 and backbone.modules["text_encoder"].dtype == torch.bfloat16
+    assert {p.dtype for p in backbone.trainable_parameters()} == {torch.float32}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = FusedStep(backbone, objective("ddspo"))(pair_batch(backbone), torch.Generator().manual_seed(0),
+                                                      torch.device("cpu"))
+    out.loss.backward()
+    assert np.isfinite(float(out.loss.detach()))
+    assert all(p.grad is not None for p in backbone.trainable_parameters())
+
+
 def test_xformers_needs_a_gpu_and_the_package(tiny_sd):
     from prefopt_backbones import loading
 
@@ -315,6 +358,12 @@ def test_xformers_needs_a_gpu_and_the_package(tiny_sd):
     except ImportError:
         with pytest.raises(MissingDependencyError, match="prefopt\\[xformers\\]"):
             loading.set_attention(torch.nn.Linear(1, 1), "xformers", torch.device("cuda"))
+
+
+def test_vae_from_another_repo(tiny_sd):
+    backbone = load_backbone(SDBackbone, tiny_sd, vae_pretrained=str(tiny_sd / "vae"))
+    assert backbone.describe()["components"]["vae"] == f"AutoencoderKL from {tiny_sd / 'vae'}"
+    assert backbone.identity()["latent_scaling_factor"] == 0.18215
 
 
 def test_unknown_target_modules_are_a_one_line_error(tiny_sd):

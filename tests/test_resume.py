@@ -290,7 +290,6 @@ def test_repeated_kill_9_with_a_checkpoint_every_step(tmp_path, uninterrupted, c
         time.sleep(rng.uniform(0.0, 0.12))
         child.kill()
         child.wait()
-        print("LEFT", sorted(p.name for p in (run_dir / "checkpoints").iterdir()))
         assert not (run_dir / FINAL).exists(), "the run finished before the kill: slow it down"
         for path in checkpoints(run_dir):
             assert_checkpoint_whole(path, checkpoint_files)

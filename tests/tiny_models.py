@@ -104,9 +104,8 @@ def build_sd(directory: Path, prediction_type: str = "epsilon", pixel: bool = Fa
     tokenizer = _clip_tokenizer()
     text_encoder = CLIPTextModel(_clip_text_config(len(tokenizer)))
     vae = None if pixel else _vae_kl()
-    unet = _unet(
-        in_channels=3 if pixel else 4, sample_size=SD_RESOLUTION if pixel else SD_RESOLUTION // 2, cross_attention_dim=16
-    )
+    size = SD_RESOLUTION if pixel else SD_RESOLUTION // 2
+    unet = _unet(in_channels=3 if pixel else 4, sample_size=size, cross_attention_dim=16)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction_type,
         clip_sample=False, set_alpha_to_one=False, steps_offset=1,
@@ -313,6 +312,15 @@ def check_reference_is_frozen(backbone) -> None:
     out = backbone.predict(x, t, backbone.encode_prompts(PROMPTS[:2]), "reference")
     assert not out.requires_grad
     assert [p for p in backbone.trainable_module().parameters() if p.requires_grad] == trainable
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny tensors: thread hand-offs cost far more than the maths (100× on a busy 2-core box)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

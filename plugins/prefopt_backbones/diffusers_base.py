@@ -23,16 +23,15 @@ or pixels in [-1, 1] for a model without a VAE.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 from prefopt.errors import PrefoptError
 from prefopt.interfaces import REFERENCE, STUDENT, Backbone, Cond, Runtime
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    import torch
-
 # Images per VAE call in encode_data / decode: bounds memory at high resolution.
 VAE_CHUNK = 8
+# The file diffusers' save_lora_weights writes (diffusers.loaders.lora_base.LORA_WEIGHT_NAME_SAFE).
+LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 class DiffusersBackbone(Backbone):
@@ -111,8 +110,7 @@ class DiffusersBackbone(Backbone):
 
         self._host = denoiser
         if full:
-            frozen = loading.torch_dtype(cfg.denoiser_dtype, runtime.dtype, trainable=False)
-            self._host = loading.frozen_copy(denoiser, frozen).to(runtime.device)
+            self._host = self._frozen_reference(denoiser).to(runtime.device)
             denoiser.requires_grad_(True)
         elif runtime.train:
             lora.add_student_adapter(denoiser, cfg.finetune)
@@ -125,6 +123,20 @@ class DiffusersBackbone(Backbone):
                 module.to(runtime.device)
         self._trainable = denoiser
         self._text_pipeline = self._pipeline(denoiser)
+
+    def _frozen_reference(self, denoiser):
+        """The full fine-tuning reference: a frozen copy of the denoiser as loaded."""
+        from prefopt_backbones import loading
+
+        cfg = self.config
+        dtype = loading.torch_dtype(cfg.denoiser_dtype, self.runtime.dtype, trainable=False)
+        if loading.input_dtype(denoiser) == dtype:
+            return loading.frozen_copy(denoiser)
+        # In another dtype: load it again, so diffusers keeps in float32 what must stay so.
+        library, class_name = self.component_classes[self.denoiser_name]
+        reference = loading.load_model(library, class_name, *self._location(self.denoiser_name), dtype)
+        loading.set_attention(reference, cfg.attention, self.runtime.device)
+        return reference
 
     def _load_modules(self, full: bool) -> dict[str, Any]:
         from prefopt_backbones import loading
@@ -139,16 +151,17 @@ class DiffusersBackbone(Backbone):
             if class_name == "AutoTokenizer":
                 modules[name] = loading.load_tokenizer(cfg.pretrained, name, cfg.revision)
                 continue
-            source, subfolder = self._source_of(name)
-            dtype = loading.torch_dtype(self._dtype_setting(name), self.runtime.dtype, full and name == self.denoiser_name)
-            modules[name] = loading.load_model(library, class_name, source, subfolder, cfg.revision, cfg.variant, dtype)
+            trained = full and name == self.denoiser_name
+            dtype = loading.torch_dtype(self._dtype_setting(name), self.runtime.dtype, trained)
+            modules[name] = loading.load_model(library, class_name, *self._location(name), dtype)
         return modules
 
-    def _source_of(self, name: str) -> tuple[str, str | None]:
-        """(repo or directory, subfolder) a component loads from."""
-        if name == "vae" and self.config.vae_pretrained:
-            return self.config.vae_pretrained, None
-        return self.config.pretrained, name
+    def _location(self, name: str) -> tuple[str, str | None, str | None, str | None]:
+        """(repo or directory, subfolder, revision, variant) a component loads from."""
+        cfg = self.config
+        if name == "vae" and cfg.vae_pretrained:  # a standalone VAE repo: none of the pipeline's revision/variant
+            return cfg.vae_pretrained, None, None, None
+        return cfg.pretrained, name, cfg.revision, cfg.variant
 
     def _dtype_setting(self, name: str) -> str:
         cfg = self.config
@@ -273,8 +286,8 @@ class DiffusersBackbone(Backbone):
         if self.modules.get(name) is not None:
             return dict(self.modules[name].config)
         library, class_name = self.component_classes[name]
-        source, subfolder = self._source_of(name)
-        return loading.load_config(library, class_name, source, subfolder, self.config.revision)
+        source, subfolder, revision, _ = self._location(name)
+        return loading.load_config(library, class_name, source, subfolder, revision)
 
     def _downsampling(self) -> int:
         if self._pixel_space():
@@ -362,12 +375,17 @@ class DiffusersBackbone(Backbone):
     # ------------------------------------------------------------------ saving
 
     def save(self, directory: str) -> None:
-        """LoRA: the adapter as ``Pipeline.load_lora_weights`` reads it; full: a whole pipeline."""
+        """Write the student in the form the family's diffusers pipeline loads.
+
+        A student with an adapter: the adapter alone, as ``Pipeline.load_lora_weights``
+        reads it (rank and alpha in its metadata). A fully trained student: a whole
+        pipeline directory for ``Pipeline.from_pretrained``.
+        """
         from prefopt_backbones import lora
 
         self._require_loaded()
         student = self._student()
-        if self.config.finetune.mode == "lora":
+        if lora.has_student_adapter(student):
             import diffusers
 
             getattr(diffusers, self.pipeline_class).save_lora_weights(
@@ -383,6 +401,34 @@ class DiffusersBackbone(Backbone):
         pipeline = self._pipeline(student, scheduler_class=self._scheduler_config["_class_name"])
         pipeline.save_pretrained(directory, safe_serialization=True)
 
+    def load_trained(self, directory: str) -> None:
+        """Load a save() output into the student; the reference stays the model load() read.
+
+        A directory with model_index.json is a full pipeline (its denoiser's
+        weights replace the student's); one with a LoRA file becomes the
+        student's adapter, with the rank and alpha it was saved with.
+        """
+        from pathlib import Path
+
+        from prefopt_backbones import loading, lora
+
+        self._require_loaded()
+        path = Path(directory)
+        denoiser = self.modules[self.denoiser_name]
+        if (path / LORA_FILE).is_file():
+            lora.replace_student_adapter(denoiser, str(path), prefix=self.denoiser_name)
+            return
+        if not (path / "model_index.json").is_file():
+            raise PrefoptError(f"{path} holds neither a diffusers pipeline (model_index.json) nor a LoRA ({LORA_FILE})")
+        if lora.has_student_adapter(denoiser):
+            raise PrefoptError(f"{path} is a fully fine-tuned pipeline; load it with backbone.finetune.mode: full")
+        if self._host is denoiser:  # loaded for sampling only: keep the reference apart before overwriting
+            self._host = loading.frozen_copy(denoiser)
+        library, class_name = self.component_classes[self.denoiser_name]
+        dtype = loading.input_dtype(denoiser)
+        trained = loading.load_model(library, class_name, str(path), self.denoiser_name, None, None, dtype)
+        denoiser.load_state_dict(trained.state_dict())
+
     # ------------------------------------------------------------------ dry runs
 
     def describe(self) -> dict[str, Any]:
@@ -394,7 +440,7 @@ class DiffusersBackbone(Backbone):
             if spec is None:
                 components[name] = None
             else:
-                source, subfolder = self._source_of(name)
+                source, subfolder, _, _ = self._location(name)
                 components[name] = f"{spec[1]} from {source}" + (f"/{subfolder}" if subfolder else "")
         if finetune.mode == "lora":
             trained = {
@@ -423,7 +469,7 @@ class DiffusersBackbone(Backbone):
             },
             "trained": trained,
             "reference": reference,
-            "data": "pixels in [-1, 1]" if self._pixel_space() else "VAE latents × scaling_factor",
+            "data": "pixels in [-1, 1]" if self._pixel_space() else "VAE latents x scaling_factor",
             "forward_process": self._describe_process(),
             "gradient_checkpointing": cfg.gradient_checkpointing,
             "attention": cfg.attention,

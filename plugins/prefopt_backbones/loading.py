@@ -75,11 +75,9 @@ def set_attention(module, attention: str, device: torch.device) -> None:
     module.enable_xformers_memory_efficient_attention()
 
 
-def frozen_copy(module, dtype: torch.dtype):
+def frozen_copy(module):
     """An independent, frozen, eval-mode copy of a module (the full fine-tuning reference)."""
-    frozen = copy.deepcopy(module).requires_grad_(False).eval()
-    # Cast only when needed: diffusers warns on any .to(dtype) of a loaded model.
-    return frozen if input_dtype(frozen) == dtype else frozen.to(dtype=dtype)
+    return copy.deepcopy(module).requires_grad_(False).eval()
 
 
 def input_dtype(module) -> torch.dtype:

@@ -46,18 +46,34 @@ def add_student_adapter(module, finetune) -> None:
 def load_policy(host, name: str, path: str, prefix: str) -> None:
     """Load a saved LoRA (a backbone's save() output) as the frozen adapter ``name``."""
     active = host.active_adapters() if getattr(host, "_hf_peft_config_loaded", False) else []
-    try:
-        with warnings.catch_warnings():  # several adapters on one model is the point here
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            host.load_lora_adapter(path, prefix=prefix, adapter_name=name, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise PrefoptError(f"cannot load policy {name!r} from {path}: {exc}") from exc
+    _load_adapter(host, name, path, prefix)
     for key, param in host.named_parameters():
         if f".{name}." in key:
             param.requires_grad_(False)
-    if active:  # loading may change which adapter runs by default: the student's must
-        with _restoring_requires_grad(host):
-            host.set_adapters(active)
+    # Loading activates the new adapter; restore what ran before (the student's, or none).
+    with _restoring_requires_grad(host):
+        host.set_adapters(active)
+
+
+def has_student_adapter(module) -> bool:
+    return STUDENT_ADAPTER in getattr(module, "peft_config", {})
+
+
+def replace_student_adapter(module, path: str, prefix: str) -> None:
+    """Make a saved LoRA the student's adapter (its own rank and alpha, from the saved metadata)."""
+    if has_student_adapter(module):
+        module.delete_adapters(STUDENT_ADAPTER)
+    _load_adapter(module, STUDENT_ADAPTER, path, prefix)
+    module.set_adapters([STUDENT_ADAPTER])
+
+
+def _load_adapter(module, name: str, path: str, prefix: str) -> None:
+    try:
+        with warnings.catch_warnings():  # several adapters on one model is the point here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            module.load_lora_adapter(path, prefix=prefix, adapter_name=name, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise PrefoptError(f"cannot load LoRA {name!r} from {path}: {exc}") from exc
 
 
 @contextmanager

@@ -90,7 +90,7 @@ class SanaBackbone(DiffusersBackbone):
     def _describe_process(self) -> dict[str, Any]:
         cfg = self.config
         return {
-            "kind": "flow matching (target noise − x0)",
+            "kind": "flow matching (target noise - x0)",
             "shift": cfg.shift,
             "timestep_density": cfg.timestep_density,
             "loss_weighting": cfg.loss_weighting,

@@ -46,10 +46,7 @@ class SDXLBackbone(SDBackbone):
         )
 
     def _pixel_space(self) -> bool:
-        return False
-
-    def _components(self) -> dict[str, tuple[str, str] | None]:
-        return dict(self.component_classes)
+        return False  # SDXL always has its VAE (its Config has no ``vae`` switch)
 
     def _pipeline_extras(self) -> dict[str, Any]:
         return {"image_encoder": None, "feature_extractor": None, "add_watermarker": False}

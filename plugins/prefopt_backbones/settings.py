@@ -53,7 +53,9 @@ class DiffusersConfig(PluginConfig):
     text_encoder_dtype: DType = Field("auto", description="text encoder weights (auto: the engine's dtype)")
     vae_dtype: DType = Field("auto", description="autoencoder weights (auto: the engine's dtype)")
     vae_pretrained: str | None = Field(
-        None, min_length=1, description="load the autoencoder from this hub id / directory instead (e.g. a fp16-safe VAE)"
+        None,
+        min_length=1,
+        description="load the autoencoder from this hub id / directory instead (e.g. a fp16-safe VAE)",
     )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="LoRA or full fine-tuning")
     gradient_checkpointing: bool = Field(False, description="recompute denoiser activations in backward")

@@ -9,6 +9,7 @@ one uninterrupted single-process build.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -108,9 +109,20 @@ def _write_shard(directory: Path, index: int, x0_w, x0_l, rows: list[dict]) -> N
     write_json_atomic(tensor_path.with_suffix(".json"), {"rows": rows, "sha256": sha256_of(tensor_path)})
 
 
+@contextmanager
+def _writing(directory: Path):
+    """A full disk or an unwritable pairs.dir: one line naming the dataset, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise DataError(f"could not write pair dataset {directory}: {exc.strerror or exc}") from None
+
+
 def _prepare_directory(directory: Path, header: dict[str, Any]) -> None:
     """Create the dataset directory, or check that an existing one matches."""
     (directory / "shards").mkdir(parents=True, exist_ok=True)
+    for partial in (directory / "shards").glob(".shard-*.tmp-*"):  # files of a killed build
+        partial.unlink(missing_ok=True)
     if (directory / MANIFEST).is_file():
         existing = read_manifest(directory)
         check_identity(existing, header["backbone"], directory)
@@ -154,7 +166,8 @@ def build_pair_dataset(
         "shard_size": shard_size,
     }
     if process_index == 0:
-        _prepare_directory(directory, header)
+        with _writing(directory):
+            _prepare_directory(directory, header)
     wait_for_everyone()
 
     mine = [k for k in range(num_shards) if k % num_processes == process_index]
@@ -167,12 +180,14 @@ def build_pair_dataset(
             chunk = list(pairs[k * shard_size : (k + 1) * shard_size])
             x0_w, x0_l = _shard_tensors(backbone, chunk, sample_batch_size)
             rows = [_row_record(k * shard_size + i, pair) for i, pair in enumerate(chunk)]
-            _write_shard(directory, k, x0_w, x0_l, rows)
+            with _writing(directory):
+                _write_shard(directory, k, x0_w, x0_l, rows)
             bar.update(len(chunk))
     wait_for_everyone()
 
     if process_index == 0:
-        _seal(directory, header)
+        with _writing(directory):
+            _seal(directory, header)
     wait_for_everyone()
     return directory
 

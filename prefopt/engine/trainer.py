@@ -164,7 +164,7 @@ def train(
     bar = tqdm(total=cfg.max_steps, initial=start, unit="step", disable=not accelerator.is_main_process,
                desc="training")
     module.train()
-    with _StopFlag() as stop:
+    with bar, _StopFlag() as stop:  # the bar ends its line before any error is printed
         for step in range(start, cfg.max_steps):
             began = time.perf_counter()
             metrics, loss_ok = _accumulate(step_fn, dataset, sampler, cfg, step, seed, rank, world,
@@ -175,10 +175,11 @@ def train(
                 if cfg.on_nonfinite == "stop":
                     good = list_checkpoints(run_dir)
                     kept = f"last good checkpoint: {good[-1]}" if good else "no checkpoint was written yet"
-                    raise PrefoptError(f"non-finite {what} at step {step}; stopping ({kept})")
+                    # Steps are counted from 1 here, as in metrics.jsonl and the checkpoint names.
+                    raise PrefoptError(f"non-finite {what} at step {step + 1}; stopping ({kept})")
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
-                log.warning("non-finite %s at step %d: step skipped (%d so far)", what, step, skipped)
+                log.warning("non-finite %s at step %d: step skipped (%d so far)", what, step + 1, skipped)
             else:
                 optimizer.step()
                 scheduler.step()
@@ -203,11 +204,15 @@ def train(
             bar.update(1)
             if on_step is not None:
                 on_step(done)
-            if stop.signal_name is not None:
+            stopping = stop.signal_name is not None
+            if world > 1:  # all processes stop after the same step, or the checkpoint's barrier hangs
+                flag = torch.tensor([float(stopping)], device=accelerator.device)
+                stopping = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+            if stopping:
                 path = checkpoint(done)
                 bar.close()
-                raise RunStopped(f"stopped by {stop.signal_name} after step {done}; checkpoint {path}; "
-                                 "continue with --resume")
+                raise RunStopped(f"stopped by {stop.signal_name or 'a signal to another process'} after step "
+                                 f"{done}; checkpoint {path}; continue with --resume")
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
                 checkpoint(done)
     bar.close()
@@ -225,12 +230,17 @@ def _accumulate(step_fn, dataset, sampler, cfg, step, seed, rank, world, acceler
         sync = nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(module)
         with sync, accelerator.autocast():
             out = step_fn(batch, step_generator(seed, step, micro, rank), accelerator.device, reduce_mean)
-        if not _finite(out.loss.detach()):
+        finite = _finite(out.loss.detach())
+        if not finite:
             loss_ok = False
-            break
+            if world == 1:
+                break
+            # With more processes every one must join each gradient all-reduce; the
+            # non-finite gradients it spreads make every process skip (or stop) this step.
         accelerator.backward(out.loss / cfg.grad_accum)
-        for key, value in {"loss": float(out.loss.detach()), **out.metrics}.items():
-            sums[key] = sums.get(key, 0.0) + float(value) / cfg.grad_accum
+        if finite:
+            for key, value in {"loss": float(out.loss.detach()), **out.metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / cfg.grad_accum
     if not loss_ok:
         sums.setdefault("loss", float("nan"))
     return sums, loss_ok

@@ -1,0 +1,363 @@
+"""Crash safety: non-finite steps, full disks, unwritable or broken directories, impossible precision.
+
+Each failure must end in one ``error: ...`` line (exit code 2), never a
+traceback, and must leave what was already written (checkpoints, pair
+datasets) usable. Everything runs in-process through ``prefopt.cli.main``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import math
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import prefopt.cli
+from prefopt.hookspecs import hookimpl
+from prefopt.registry import PluginRegistry
+from prefopt_objectives.ddspo import DDSPO
+
+FINAL = Path("final", "denoiser", "diffusion_pytorch_model.safetensors")
+
+
+# ---------------------------------------------------------------------- a test-only objective
+
+
+class FaultyDDSPO(DDSPO):
+    """DDSPO whose loss is NaN, or so large its gradients overflow, on chosen steps (1-based)."""
+
+    name = "faulty_ddspo"
+    nan_steps: set[int] = set()
+    huge_steps: set[int] = set()
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.calls = 0
+
+    def loss(self, inputs):
+        out = super().loss(inputs)
+        self.calls += 1  # one call per step: grad_accum is 1
+        if self.calls in self.nan_steps:
+            out.loss = out.loss * float("nan")
+        if self.calls in self.huge_steps:
+            out.loss = out.loss * 3e38  # finite, but its gradient norm is not
+        return out
+
+
+@hookimpl
+def prefopt_objectives():
+    return [FaultyDDSPO]
+
+
+faulty_plugin = types.ModuleType("faulty_plugin")
+faulty_plugin.prefopt_objectives = prefopt_objectives
+
+
+@pytest.fixture()
+def faulty(monkeypatch):
+    """The CLI's registry gains ``faulty_ddspo``; its fault steps are reset after the test."""
+    monkeypatch.setattr(prefopt.cli, "_registry", lambda: PluginRegistry(modules=[faulty_plugin]))
+    monkeypatch.setattr(FaultyDDSPO, "nan_steps", set())
+    monkeypatch.setattr(FaultyDDSPO, "huge_steps", set())
+    return FaultyDDSPO
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def recipe_data(output_dir: Path, pretrain: bool = False) -> dict:
+    data = {
+        "seed": 0,
+        "output_dir": str(output_dir),
+        "backbone": {"name": "toy2d", "num_conditions": 8, "hidden": 32, "layers": 2,
+                     "num_train_timesteps": 100, "sample_steps": 10},
+        "pairs": {"source": {"name": "toy2d_neighbours", "num_conditions": 8, "pairs_per_condition": 2}},
+        "objective": {"name": "ddspo", "beta": 2000},
+        "train": {"max_steps": 40, "batch_size": 8, "lr": 1.0e-3, "checkpoint_every": 10, "log_every": 1},
+    }
+    if pretrain:
+        data["pretrain"] = {
+            "pairs": {"source": {"name": "toy2d_points", "points_per_condition": 50}},
+            "train": {"max_steps": 30, "batch_size": 64, "lr": 2.0e-3, "log_every": 10},
+        }
+    return data
+
+
+def write_recipe(directory: Path, data: dict | None = None, name: str = "recipe.yaml") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(yaml.safe_dump(data or recipe_data(directory / "run"), sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cli(*args) -> tuple[int, str]:
+    """``prefopt ARGS`` in this process: (exit code, stderr)."""
+    argv, err = sys.argv, io.StringIO()
+    sys.argv = ["prefopt", *map(str, args)]
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            prefopt.cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, err.getvalue()
+
+
+def one_error(code: int, stderr: str) -> str:
+    """The run failed the way users should see failures: exit 2, one error line, no traceback."""
+    assert code == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def checkpoints(run_dir: Path) -> list[str]:
+    root = run_dir / "checkpoints"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / FINAL)), load_file(str(b / FINAL))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("uninterrupted")
+    code, err = cli("run", write_recipe(base))
+    assert code == 0, err
+    return base / "run"
+
+
+# ------------------------------------------------------------------------- non-finite guard
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, faulty, uninterrupted):
+    recipe = write_recipe(tmp_path)
+    run_dir = tmp_path / "run"
+    faulty.nan_steps = {25}
+    line = one_error(*cli("run", recipe, "objective.name=faulty_ddspo"))
+    assert line == (f"error: non-finite loss at step 25; stopping "
+                    f"(last good checkpoint: {run_dir / 'checkpoints' / 'step-00000020'})")
+    assert checkpoints(run_dir) == ["step-00000010", "step-00000020"]
+    assert [r["step"] for r in metric_rows(run_dir)] == list(range(1, 25))
+    assert not (run_dir / "final").exists()
+
+    # The checkpoint is intact: resuming from it ends with the weights of a run that never failed.
+    faulty.nan_steps = set()
+    code, err = cli("run", recipe, "objective.name=faulty_ddspo", "--resume")
+    assert code == 0, err
+    assert_same_weights(uninterrupted, run_dir)
+    assert [r["step"] for r in metric_rows(run_dir)] == list(range(1, 41))
+
+
+def test_nonfinite_gradient_norm_stops_before_the_first_checkpoint(tmp_path, faulty):
+    faulty.huge_steps = {3}
+    line = one_error(*cli("run", write_recipe(tmp_path), "objective.name=faulty_ddspo"))
+    assert line == "error: non-finite gradient norm at step 3; stopping (no checkpoint was written yet)"
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path, faulty, caplog):
+    run_dir = tmp_path / "run"
+    faulty.nan_steps = {5, 12}
+    faulty.huge_steps = {30}
+    code, err = cli("run", write_recipe(tmp_path), "objective.name=faulty_ddspo", "train.on_nonfinite=skip")
+    assert code == 0, err
+    assert caplog.messages == [
+        "non-finite loss at step 5: step skipped (1 so far)",
+        "non-finite loss at step 12: step skipped (2 so far)",
+        "non-finite gradient norm at step 30: step skipped (3 so far)",
+        "3 steps were skipped for non-finite values",
+    ]
+    rows = metric_rows(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    skipped = {r["step"]: r["skipped_steps"] for r in rows}
+    assert skipped[4] == 0 and skipped[5] == 1 and skipped[12] == 2 and skipped[30] == 3 and skipped[40] == 3
+    assert math.isnan(rows[4]["loss"]) and math.isnan(rows[11]["loss"]) and math.isnan(rows[29]["grad_norm"])
+    weights = load_file(str(run_dir / FINAL))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+# ------------------------------------------------------------------------ failing disk writes
+
+
+def test_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch, uninterrupted):
+    """ENOSPC in the second checkpoint: one clear line, step-10 usable, no temporary left behind."""
+    import accelerate
+
+    recipe = write_recipe(tmp_path)
+    run_dir = tmp_path / "run"
+    save_state = accelerate.Accelerator.save_state
+    calls = []
+
+    def failing_save_state(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:
+            Path(output_dir).mkdir(parents=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half a tensor")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", failing_save_state)
+    line = one_error(*cli("run", recipe))
+    assert line == (f"error: could not write checkpoint {run_dir / 'checkpoints' / 'step-00000020'}: "
+                    "No space left on device")
+    assert checkpoints(run_dir) == ["step-00000010"]  # no .tmp-step-00000020 either
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", save_state)
+    code, err = cli("run", recipe, "--resume")
+    assert code == 0, err
+    assert_same_weights(uninterrupted, run_dir)
+    assert [r["step"] for r in metric_rows(run_dir)] == list(range(1, 41))
+
+
+def test_full_disk_while_saving_the_final_weights(tmp_path, monkeypatch, uninterrupted):
+    from prefopt_backbones.toy2d import Toy2DBackbone
+
+    recipe = write_recipe(tmp_path)
+    run_dir = tmp_path / "run"
+    save = Toy2DBackbone.save
+
+    def failing_save(self, directory):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Toy2DBackbone, "save", failing_save)
+    line = one_error(*cli("run", recipe))
+    assert line == f"error: could not write {run_dir / 'final'}: No space left on device"
+    assert not (run_dir / "final").exists() and not (run_dir / ".final.tmp").exists()
+    assert checkpoints(run_dir) == ["step-00000020", "step-00000030"]
+
+    monkeypatch.setattr(Toy2DBackbone, "save", save)
+    code, err = cli("run", recipe, "--resume")
+    assert code == 0, err
+    assert_same_weights(uninterrupted, run_dir)
+
+
+def test_output_dir_under_a_file(tmp_path):
+    """A path that cannot become a directory (works as root too, unlike file permissions)."""
+    (tmp_path / "afile").write_text("not a directory")
+    output_dir = tmp_path / "afile" / "run"
+    recipe = write_recipe(tmp_path, recipe_data(output_dir, pretrain=True))
+    line = one_error(*cli("run", recipe))
+    assert line == f"error: output_dir {output_dir} is not writable: Not a directory"
+    line = one_error(*cli("pairs", "build", recipe))
+    assert line == f"error: output_dir {output_dir} is not writable: Not a directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_output_dir_without_write_permission(tmp_path):
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        recipe = write_recipe(tmp_path, recipe_data(parent / "run"))
+        line = one_error(*cli("run", recipe))
+        assert line == f"error: output_dir {parent / 'run'} is not writable: Permission denied"
+    finally:
+        parent.chmod(0o700)
+
+
+def test_pairs_dir_under_a_file(tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    recipe = write_recipe(tmp_path)
+    line = one_error(*cli("run", recipe, f"pairs.dir={tmp_path / 'afile' / 'pairs'}"))
+    assert line == f"error: could not write pair dataset {tmp_path / 'afile' / 'pairs'}: Not a directory"
+
+
+# ---------------------------------------------------------------------------- pair datasets
+
+
+def test_missing_or_empty_pairs_dir_is_built(tmp_path):
+    for name in ("missing", "empty"):
+        pairs_dir = tmp_path / name
+        if name == "empty":
+            pairs_dir.mkdir()
+        recipe = write_recipe(tmp_path, recipe_data(tmp_path / f"run-{name}"), name=f"{name}.yaml")
+        code, err = cli("run", recipe, f"pairs.dir={pairs_dir}", "train.max_steps=2")
+        assert code == 0, err
+        assert json.loads((pairs_dir / "manifest.json").read_text())["complete"] is True
+        assert not (tmp_path / f"run-{name}" / "pairs").exists()
+
+
+def test_corrupt_manifest(tmp_path):
+    pairs_dir = tmp_path / "pairs"
+    pairs_dir.mkdir()
+    (pairs_dir / "manifest.json").write_text('{"format": 1, "backbone": {"fam')
+    line = one_error(*cli("run", write_recipe(tmp_path), f"pairs.dir={pairs_dir}"))
+    assert line.startswith(f"error: corrupt pair dataset manifest {pairs_dir / 'manifest.json'}")
+
+
+def test_corrupt_shard_is_refused(tmp_path):
+    pairs_dir = tmp_path / "pairs"
+    recipe = write_recipe(tmp_path)
+    code, err = cli("pairs", "build", recipe, f"pairs.dir={pairs_dir}")
+    assert code == 0, err
+    shard = pairs_dir / "shards" / "shard-00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF  # a flipped bit in the tensor bytes: the file still parses
+    shard.write_bytes(bytes(data))
+    line = one_error(*cli("run", recipe, f"pairs.dir={pairs_dir}"))
+    assert line == (f"error: pair dataset {pairs_dir}: shard-00000.safetensors is corrupt "
+                    "(checksum mismatch); rebuild it")
+
+
+def test_pairs_built_for_another_backbone_are_refused(tmp_path):
+    pairs_dir = tmp_path / "pairs"
+    code, err = cli("pairs", "build", write_recipe(tmp_path), f"pairs.dir={pairs_dir}")
+    assert code == 0, err
+    other = recipe_data(tmp_path / "run6")
+    other["backbone"]["num_conditions"] = 6
+    other["pairs"]["source"]["num_conditions"] = 6
+    line = one_error(*cli("run", write_recipe(tmp_path, other, "six.yaml"), f"pairs.dir={pairs_dir}"))
+    assert line == (f"error: pair dataset {pairs_dir} was built for another backbone: "
+                    "num_conditions is 8 there, 6 here")
+
+
+def test_unfinished_pairs_with_other_settings_are_refused(tmp_path):
+    """An interrupted build is only ever finished with the settings it was started with."""
+    pairs_dir = tmp_path / "pairs"
+    recipe = write_recipe(tmp_path)
+    code, err = cli("pairs", "build", recipe, f"pairs.dir={pairs_dir}")
+    assert code == 0, err
+    manifest = json.loads((pairs_dir / "manifest.json").read_text())
+    (pairs_dir / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    line = one_error(*cli("run", recipe, f"pairs.dir={pairs_dir}", "pairs.source.pairs_per_condition=3"))
+    assert line.startswith(f"error: pair dataset {pairs_dir} was built with different settings")
+
+
+# -------------------------------------------------------------------------------- precision
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 works with a GPU")
+@pytest.mark.parametrize("field", ["train", "pretrain.train"])
+def test_fp16_on_a_cpu_machine(tmp_path, field):
+    recipe = write_recipe(tmp_path, recipe_data(tmp_path / "run", pretrain=True))
+    line = one_error(*cli("run", recipe, f"{field}.mixed_precision=fp16"))
+    assert line == f"error: {field}.mixed_precision=fp16 needs a GPU; use bf16 or no on a CPU machine"
+    assert not (tmp_path / "run").exists(), "nothing should run (not even pretraining) before the error"
