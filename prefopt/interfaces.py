@@ -151,8 +151,7 @@ class Runtime:
     device: "torch.device"
     dtype: "torch.dtype"
     accelerator: Any = None
-    train: bool = True
-    full_finetune: bool = False
+    train: bool = True  # False: load for sampling only (no student copy, no adapters)
 
 
 Cond = dict  # str -> Tensor, batch first: a backbone's encoded prompts

@@ -76,12 +76,14 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def runtime_for(accelerator):
+def runtime_for(accelerator, train: bool = True):
+    """Frozen weights follow the mixed precision; ``train=False`` loads for sampling only."""
     import torch
 
     from prefopt.interfaces import Runtime
 
-    return Runtime(device=accelerator.device, dtype=torch.float32, accelerator=accelerator)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    return Runtime(device=accelerator.device, dtype=dtype, accelerator=accelerator, train=train)
 
 
 # -- run directory rules ---------------------------------------------------------------------
@@ -294,7 +296,7 @@ def evaluate_run(resolved: ResolvedRecipe, registry, weights: Path | None = None
         raise PrefoptError(f"no pretrained reference at {reference}; run the recipe first")
     accelerator = make_accelerator(resolved.recipe.train)
     backbone = registry.get("backbone", resolved.recipe.backbone.name)(backbone_config_for(resolved, reference))
-    backbone.load(runtime_for(accelerator), {})
+    backbone.load(runtime_for(accelerator, train=False), {})
     backbone.load_trained(str(weights))
     return evaluate_with(resolved, registry, backbone, run_dir)
 
@@ -308,7 +310,7 @@ def build_pairs_for(resolved: ResolvedRecipe, registry) -> Path:
     accelerator = make_accelerator(recipe.train)
     seed_everything(recipe.seed)
     backbone = registry.get("backbone", recipe.backbone.name)(backbone_config_for(resolved, reference))
-    backbone.load(runtime_for(accelerator), {})
+    backbone.load(runtime_for(accelerator, train=False), {})
     directory = Path(recipe.pairs.dir or run_dir / "pairs")
     build_pairs(recipe.pairs, resolved.config("pairs", "source"), registry, backbone, directory, recipe.seed,
                 accelerator, Path(resolved.source).parent)
@@ -349,7 +351,7 @@ def show_pairs(resolved: ResolvedRecipe, registry, directory: Path, count: int =
 
     accelerator = make_accelerator(resolved.recipe.train)
     backbone = registry.get("backbone", resolved.recipe.backbone.name)(resolved.config("backbone"))
-    backbone.load(runtime_for(accelerator), {})
+    backbone.load(runtime_for(accelerator, train=False), {})
     dataset = PairDataset(directory, identity=backbone.identity())
     n = min(count, len(dataset))
     x0_w, x0_l, prompts, negatives = dataset.batch(range(n))

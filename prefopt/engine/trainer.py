@@ -134,7 +134,9 @@ def train(
     optimizer = make_optimizer(cfg, params, lr)
     from diffusers.optimization import get_scheduler
 
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+    # diffusers' "constant" ignores warmup; the published recipes warm up a constant lr.
+    schedule = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.warmup_steps else cfg.lr_scheduler
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=max(cfg.max_steps, 1))
     module, optimizer, scheduler = accelerator.prepare(backbone.trainable_module(), optimizer, scheduler)
     backbone.set_trainable_module(module)
