@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from prefopt.data.pairset import write_atomic
-from prefopt.errors import PrefoptError
+from prefopt.errors import DataError, PrefoptError
 from prefopt.recipe import PairsConfig, ResolvedRecipe, TrainConfig
 from prefopt.registry import PluginRegistry
 
@@ -144,8 +144,18 @@ def prepare_run_dir(run_dir: Path, resolved: ResolvedRecipe, resume: bool, overw
 def build_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry, backbone, directory: Path,
                 seed: int, accelerator, base_dir: Path) -> Path:
     from prefopt.data.build import build_pair_dataset, is_complete
+    from prefopt.data.pairset import check_identity, read_manifest
 
+    settings = {"source": {"name": pairs_cfg.source.name, **source_config.model_dump(mode="json")},
+                "prompts": pairs_cfg.prompts.model_dump(mode="json") if pairs_cfg.prompts else None,
+                "seed": seed}
     if is_complete(directory):
+        # A finished dataset is reused only for the backbone and settings it was built with.
+        manifest = read_manifest(directory)
+        check_identity(manifest, backbone.identity(), directory)
+        if manifest.get("pairs") != settings:
+            raise DataError(f"pair dataset {directory} was built with different pairs settings; "
+                            "delete it or point pairs.dir elsewhere")
         return directory
     source = registry.get("pair_source", pairs_cfg.source.name)(source_config)
     prompts = None
@@ -154,9 +164,6 @@ def build_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry,
 
         prompts = load_prompts(pairs_cfg.prompts, base_dir=base_dir)
     rows = source.pairs(prompts, seed)
-    settings = {"source": {"name": pairs_cfg.source.name, **source_config.model_dump(mode="json")},
-                "prompts": pairs_cfg.prompts.model_dump(mode="json") if pairs_cfg.prompts else None,
-                "seed": seed}
     return build_pair_dataset(
         directory, rows, backbone, settings, pairs_cfg.shard_size, pairs_cfg.sample_batch_size,
         process_index=accelerator.process_index, num_processes=accelerator.num_processes,

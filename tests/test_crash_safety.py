@@ -351,6 +351,18 @@ def test_unfinished_pairs_with_other_settings_are_refused(tmp_path):
     assert line.startswith(f"error: pair dataset {pairs_dir} was built with different settings")
 
 
+def test_finished_pairs_with_other_settings_are_refused(tmp_path):
+    """--overwrite keeps <run>/pairs for reuse, but only for the settings it was built with."""
+    recipe = write_recipe(tmp_path)
+    code, err = cli("run", recipe, "train.max_steps=2")
+    assert code == 0, err
+    line = one_error(*cli("run", recipe, "--overwrite", "train.max_steps=2", "pairs.source.pairs_per_condition=3"))
+    assert line == (f"error: pair dataset {tmp_path / 'run' / 'pairs'} was built with different pairs settings; "
+                    "delete it or point pairs.dir elsewhere")
+    code, err = cli("run", recipe, "--overwrite", "train.max_steps=2")  # the same settings: reused
+    assert code == 0, err
+
+
 # -------------------------------------------------------------------------------- precision
 
 

@@ -171,7 +171,9 @@ def train(
             began = time.perf_counter()
             metrics, loss_ok = _accumulate(step_fn, dataset, sampler, cfg, step, seed, rank, world,
                                            accelerator, module, reduce_mean)
-            grad_norm = _grad_norm(accelerator, params, cfg.max_grad_norm) if loss_ok else torch.tensor(float("nan"))
+            # With more processes every one computes the norm (a collective under FSDP).
+            grad_norm = (_grad_norm(accelerator, params, cfg.max_grad_norm) if loss_ok or world > 1
+                         else torch.tensor(float("nan")))
             if not (loss_ok and _finite(grad_norm)):
                 what = "loss" if not loss_ok else "gradient norm"
                 if cfg.on_nonfinite == "stop":
