@@ -168,18 +168,16 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:
+        # Usage errors (an unknown option, a missing argument). typer bundles its
+        # own click, so match the click exception types by name, not by import.
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        if "ClickException" in kinds:
+            typer.echo(f"error: {exc.format_message()} (see prefopt --help)", err=True)
+            sys.exit(getattr(exc, "exit_code", 2))
+        if "Abort" in kinds:
             sys.exit(130)
         raise
-
 
 if __name__ == "__main__":
     main()

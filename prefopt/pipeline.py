@@ -8,6 +8,7 @@ with the same settings, a reference pretrained with the same settings.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,11 +26,14 @@ from prefopt.registry import PluginRegistry
 log = logging.getLogger(__name__)
 
 RESOLVED = "recipe.resolved.yaml"
+PRETRAIN_RECORD = "pretrain.json"  # the settings a pretrained reference/ was made with
 # Fields that change nothing a run computes: they may differ on --resume.
 NON_RESULT_FIELDS = {
     "output_dir", "eval", "compare",
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "pretrain.train.log_every", "pretrain.train.checkpoint_every", "pretrain.train.keep_checkpoints",
+    # Only matters once a step is non-finite; switching stop -> skip is how such a run is rescued.
+    "train.on_nonfinite", "pretrain.train.on_nonfinite",
 }
 # What a fresh run (or --overwrite) replaces; pairs/ and reference/ are reused when their settings match.
 RUN_OUTPUTS = [RESOLVED, "metrics.jsonl", "checkpoints", "final", "eval.json", "samples.csv", "samples.png"]
@@ -149,6 +153,9 @@ def build_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry,
     settings = {"source": {"name": pairs_cfg.source.name, **source_config.model_dump(mode="json")},
                 "prompts": pairs_cfg.prompts.model_dump(mode="json") if pairs_cfg.prompts else None,
                 "seed": seed}
+    reference = pretrained_reference_fingerprint(getattr(backbone.config, "pretrained", None))
+    if reference is not None:  # pairs sampled from a reference this run trained: tie them to it
+        settings["reference"] = reference
     if is_complete(directory):
         # A finished dataset is reused only for the backbone and settings it was built with.
         manifest = read_manifest(directory)
@@ -169,6 +176,14 @@ def build_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry,
         process_index=accelerator.process_index, num_processes=accelerator.num_processes,
         wait_for_everyone=accelerator.wait_for_everyone,
     )
+
+
+def pretrained_reference_fingerprint(pretrained: str | None) -> str | None:
+    """For a reference that ``pretrain`` made: the hash of the settings it was trained with."""
+    if not pretrained:
+        return None
+    record = Path(pretrained).parent / PRETRAIN_RECORD
+    return hashlib.sha256(record.read_bytes()).hexdigest() if record.is_file() else None
 
 
 def save_final(backbone, run_dir: Path, accelerator) -> Path:
@@ -219,7 +234,7 @@ def pretrain_reference(resolved: ResolvedRecipe, registry, run_dir: Path, resume
     stage_dir = run_dir / "reference"
     record = {"backbone": resolved.to_dict()["backbone"], "pretrain": resolved.to_dict()["pretrain"],
               "seed": recipe.seed}
-    record_path = stage_dir / "pretrain.json"
+    record_path = stage_dir / PRETRAIN_RECORD
     if (stage_dir / "final").is_dir() and record_path.is_file():
         if json.loads(record_path.read_text()) == record:
             log.info("reusing the pretrained reference in %s", stage_dir)
@@ -276,12 +291,18 @@ def run_recipe(resolved: ResolvedRecipe, registry: PluginRegistry, resume: str |
                       train_cfg=recipe.train, registry=registry, seed=recipe.seed, resume=resume,
                       base_dir=Path(resolved.source).parent, pairs_dir=pairs_dir)
     results = evaluate_with(resolved, registry, backbone, run_dir)
-    print(f"run finished: {run_dir / 'final'}")
+    if process_state().is_main_process:
+        print(f"run finished: {run_dir / 'final'}")
     return results
 
 
 def evaluate_with(resolved: ResolvedRecipe, registry, backbone, run_dir: Path) -> dict:
+    """Run the recipe's evaluators on the main process (others wait) and write eval.json."""
+    state = process_state()
     results: dict[str, float] = {}
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return results
     for i, component in enumerate(resolved.recipe.eval):
         evaluator = registry.get("evaluator", component.name)(resolved.config("eval", i))
         results.update(evaluator.evaluate(backbone, str(run_dir), resolved.recipe.seed))
@@ -289,6 +310,7 @@ def evaluate_with(resolved: ResolvedRecipe, registry, backbone, run_dir: Path) -
         write_atomic(run_dir / "eval.json", (json.dumps(results, indent=1) + "\n").encode())
         for key, value in results.items():
             print(f"  {key}: {value:.4f}")
+    state.wait_for_everyone()
     return results
 
 

@@ -51,7 +51,9 @@ class TrainConfig(Strict):
         None, ge=1, description="chunk the no-grad reference forward to this many inputs"
     )
     log_every: int = Field(1, ge=1)
-    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only on signal / end)")
+    checkpoint_every: int = Field(
+        500, ge=0, description="steps between checkpoints (0: only when a signal stops the run)"
+    )
     keep_checkpoints: int = Field(2, ge=1)
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss or gradient stops the run, or skips the step (counted)"

@@ -16,7 +16,6 @@ from tiny_models import (  # noqa: F401  (fixtures)
     cpu_runtime,
     load_backbone,
     objective,
-    one_torch_thread,
     pair_batch,
     probe,
     tiny_sd,

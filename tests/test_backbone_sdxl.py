@@ -12,7 +12,6 @@ from tiny_models import (  # noqa: F401  (fixtures)
     check_training_step,
     load_backbone,
     objective,
-    one_torch_thread,
     tiny_sdxl,
     train_steps,
 )

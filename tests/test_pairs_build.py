@@ -74,13 +74,6 @@ def write_recipe(directory: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def cli(*args) -> tuple[int, str]:
     """``prefopt ARGS`` in this process: (exit code, stderr)."""

@@ -193,10 +193,9 @@ def test_random_overrides(recipe_path, extra):
     check(recipe_path, extra)
 
 
-@pytest.mark.xfail(reason="prefopt.cli.main tests click.exceptions, but typer vendors click as typer._click, "
-                          "so usage errors escape as tracebacks", strict=False)
 @pytest.mark.parametrize("extra", [["--bogus"], ["-0"], ["--resume"]])
 def test_unknown_option(recipe_path, extra):
     recipe_path.write_text(yaml.safe_dump(BASE))
     code, out, err = _validate(recipe_path, extra)
     assert code == 2 and "Traceback" not in err + out
+    assert err.count("\n") == 1 and err.startswith("error:")

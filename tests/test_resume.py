@@ -96,14 +96,6 @@ def write_recipe(directory: Path, output_dir: Path | None = None) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: threads only add contention on a shared CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def cli(*args) -> tuple[int, str]:
     """``prefopt ARGS`` in this process: (exit code, stderr)."""

@@ -314,14 +314,6 @@ def check_reference_is_frozen(backbone) -> None:
     assert [p for p in backbone.trainable_module().parameters() if p.requires_grad] == trainable
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: thread hand-offs cost far more than the maths (100× on a busy 2-core box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
