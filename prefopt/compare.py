@@ -39,9 +39,12 @@ def _variant_recipe(resolved: ResolvedRecipe, registry, name: str, overrides: di
     data = merge_variant(base, overrides)
     data["seed"] = seed
     data["output_dir"] = str(root / name / f"seed-{seed}")
-    if "pairs" not in overrides:  # shared pairs unless the variant changes the pair source
-        data["pairs"]["dir"] = str(root / f"seed-{seed}" / "pairs")
     return resolve(data, registry, where=f"{resolved.source} (variant {name})")
+
+
+def shared_pairs_dir(resolved: ResolvedRecipe, variant: str, root: Path, seed: int) -> Path | None:
+    """Variants share one pair dataset per seed unless they change the pairs section."""
+    return None if "pairs" in resolved.recipe.compare.variants[variant] else root / f"seed-{seed}" / "pairs"
 
 
 def resolve_variants(resolved: ResolvedRecipe, registry) -> dict[tuple[str, int], ResolvedRecipe]:
@@ -103,7 +106,8 @@ def run_compare(resolved: ResolvedRecipe, registry, overwrite: bool = False) -> 
             reference = pretrain_reference(seeded, registry, root / f"seed-{seed}", resume=False)
         for name in compare.variants:
             print(f"== {name} (seed {seed})")
-            results[name].append(run_recipe(plans[name, seed], registry, overwrite=True, reference=reference))
+            results[name].append(run_recipe(plans[name, seed], registry, overwrite=True, reference=reference,
+                                            pairs_dir=shared_pairs_dir(resolved, name, root, seed)))
 
     figure = _figure(resolved, registry, root, compare, seed=compare.seeds[0])
     metrics, rows = summarise(results)

@@ -146,7 +146,12 @@ def prepare_run_dir(run_dir: Path, resolved: ResolvedRecipe, resume: bool, overw
 
 # -- stages ------------------------------------------------------------------------------------
 def build_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry, backbone, directory: Path,
-                seed: int, accelerator, base_dir: Path) -> Path:
+                seed: int, accelerator, base_dir: Path, replace_stale: bool = False) -> Path:
+    """Build the pair dataset, or reuse a complete one made with the same settings.
+
+    A complete dataset with other settings is an error, unless ``replace_stale``
+    (prefopt chose the directory, the user did not), when it is rebuilt.
+    """
     from prefopt.data.build import build_pair_dataset, is_complete
     from prefopt.data.pairset import check_identity, read_manifest
 
@@ -160,10 +165,15 @@ def build_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry,
         # A finished dataset is reused only for the backbone and settings it was built with.
         manifest = read_manifest(directory)
         check_identity(manifest, backbone.identity(), directory)
-        if manifest.get("pairs") != settings:
+        if manifest.get("pairs") == settings:
+            return directory
+        if not replace_stale:
             raise DataError(f"pair dataset {directory} was built with different pairs settings; "
                             "delete it or point pairs.dir elsewhere")
-        return directory
+        log.warning("rebuilding %s: it was built with other pairs settings", directory)
+        if accelerator.is_main_process:
+            shutil.rmtree(directory)
+        accelerator.wait_for_everyone()
     source = registry.get("pair_source", pairs_cfg.source.name)(source_config)
     prompts = None
     if pairs_cfg.prompts:
@@ -216,8 +226,11 @@ def _stage(*, run_dir: Path, backbone_cls, backbone_config, objective, pairs_cfg
     seed_everything(seed)  # a randomly initialised backbone must be the same in every run and process
     backbone = backbone_cls(backbone_config)
     backbone.load(runtime_for(accelerator), objective.policies())
-    pairs_dir = Path(pairs_dir or pairs_cfg.dir or run_dir / "pairs")
-    build_pairs(pairs_cfg, source_config, registry, backbone, pairs_dir, seed, accelerator, base_dir)
+    # Pairs in a place prefopt chose (not a user's pairs.dir) are rebuilt when stale.
+    owned = pairs_cfg.dir is None
+    pairs_dir = Path(pairs_cfg.dir or pairs_dir or run_dir / "pairs")
+    build_pairs(pairs_cfg, source_config, registry, backbone, pairs_dir, seed, accelerator, base_dir,
+                replace_stale=owned)
     dataset = PairDataset(pairs_dir, identity=backbone.identity())
     checkpoint = find_checkpoint(run_dir, resume) if resume else None
     result = train(backbone=backbone, objective=objective, dataset=dataset, cfg=train_cfg, run_dir=run_dir,

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from fixtures.dists import install_source, run_cli
+from helpers import cli_outputs
 from prefopt import cli as cli_module
 from prefopt.cli import main
 from prefopt.errors import PluginError, PrefoptError
@@ -34,17 +35,10 @@ BASE = {
 }
 
 
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+def cli(monkeypatch, *args: str) -> tuple[int, str, str]:
     """Run ``prefopt ARGS`` in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["prefopt", *args])
     monkeypatch.setitem(cli_module._state, "debug", False)  # no --debug left over from another test
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli_outputs(*args)
 
 
 def write_recipe(tmp_path: Path, data=None, text: str | None = None) -> Path:
@@ -76,8 +70,8 @@ def assert_one_error_line(code: int, err: str, *fragments: str) -> str:
     return lines[0]
 
 
-def test_base_recipe_is_valid(tmp_path, monkeypatch, capsys):
-    code, out, err = cli(monkeypatch, capsys, "validate", str(write_recipe(tmp_path)))
+def test_base_recipe_is_valid(tmp_path, monkeypatch):
+    code, out, err = cli(monkeypatch, "validate", str(write_recipe(tmp_path)))
     assert code == 0 and err == "" and out.strip().endswith(": ok")
 
 
@@ -124,30 +118,30 @@ CASES = [
 
 
 @pytest.mark.parametrize("data, overrides, fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_error_line(data, overrides, fragments, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_error_line(data, overrides, fragments, tmp_path, monkeypatch):
     path = write_recipe(tmp_path, text=data) if isinstance(data, str) else write_recipe(tmp_path, data)
-    code, out, err = cli(monkeypatch, capsys, "validate", str(path), *overrides)
+    code, out, err = cli(monkeypatch, "validate", str(path), *overrides)
     assert_one_error_line(code, err, *fragments)
 
 
-def test_malformed_yaml_names_the_file_and_line(tmp_path, monkeypatch, capsys):
+def test_malformed_yaml_names_the_file_and_line(tmp_path, monkeypatch):
     path = write_recipe(tmp_path, text="seed: 0\ntrain:\n  max_steps: [1, 2\n  lr: 3\n")
-    code, _, err = cli(monkeypatch, capsys, "validate", str(path))
+    code, _, err = cli(monkeypatch, "validate", str(path))
     line = assert_one_error_line(code, err, str(path), "malformed YAML")
     assert "line " in line
 
 
-def test_missing_recipe_file(tmp_path, monkeypatch, capsys):
+def test_missing_recipe_file(tmp_path, monkeypatch):
     missing = tmp_path / "nope.yaml"
-    code, _, err = cli(monkeypatch, capsys, "validate", str(missing))
+    code, _, err = cli(monkeypatch, "validate", str(missing))
     assert_one_error_line(code, err, "recipe file not found", str(missing))
 
 
 @pytest.mark.parametrize("command", ["validate", "run", "compare", "eval", "bench"])
-def test_every_recipe_command_reports_recipe_errors(command, tmp_path, monkeypatch, capsys):
+def test_every_recipe_command_reports_recipe_errors(command, tmp_path, monkeypatch):
     # The commands share one loader: none of them gets as far as torch.
     path = write_recipe(tmp_path, with_changes(train={"lr": -1}))
-    code, _, err = cli(monkeypatch, capsys, command, str(path))
+    code, _, err = cli(monkeypatch, command, str(path))
     assert_one_error_line(code, err, "train.lr")
 
 
@@ -206,7 +200,7 @@ def _objective_dist(site: Path, dist: str, package: str, objective_name: str) ->
     )
 
 
-def test_plugin_that_fails_to_import_is_named_with_its_error(site, tmp_path, monkeypatch, capsys):
+def test_plugin_that_fails_to_import_is_named_with_its_error(site, tmp_path, monkeypatch):
     install_source(
         site, "prefopt-fake-broken",
         {
@@ -215,28 +209,28 @@ def test_plugin_that_fails_to_import_is_named_with_its_error(site, tmp_path, mon
         },
         {"broken": "prefopt_fake_broken.plugin"},
     )
-    code, _, err = cli(monkeypatch, capsys, "validate", str(write_recipe(tmp_path)))
+    code, _, err = cli(monkeypatch, "validate", str(write_recipe(tmp_path)))
     assert_one_error_line(
         code, err, "'broken'", "prefopt-fake-broken", "prefopt_fake_broken.plugin", "failed to import",
         "ModuleNotFoundError", "prefopt_fake_missing_dependency",
     )
     # `prefopt plugins` reports the same, instead of a partial list.
-    code, _, err = cli(monkeypatch, capsys, "plugins")
+    code, _, err = cli(monkeypatch, "plugins")
     assert_one_error_line(code, err, "prefopt-fake-broken")
 
 
-def test_two_distributions_registering_one_name(site, tmp_path, monkeypatch, capsys):
+def test_two_distributions_registering_one_name(site, tmp_path, monkeypatch):
     _objective_dist(site, "prefopt-fake-twin-a", "prefopt_fake_twin_a", "twin")
     _objective_dist(site, "prefopt-fake-twin-b", "prefopt_fake_twin_b", "twin")
-    code, _, err = cli(monkeypatch, capsys, "validate", str(write_recipe(tmp_path)))
+    code, _, err = cli(monkeypatch, "validate", str(write_recipe(tmp_path)))
     assert_one_error_line(
         code, err, "two plugins register the objective 'twin'", "prefopt-fake-twin-a", "prefopt-fake-twin-b"
     )
 
 
-def test_a_plugin_may_not_take_a_first_party_name(site, tmp_path, monkeypatch, capsys):
+def test_a_plugin_may_not_take_a_first_party_name(site, tmp_path, monkeypatch):
     _objective_dist(site, "prefopt-fake-shadow", "prefopt_fake_shadow", "ddspo")
-    code, _, err = cli(monkeypatch, capsys, "plugins")
+    code, _, err = cli(monkeypatch, "plugins")
     assert_one_error_line(code, err, "'ddspo'", "prefopt_objectives.ddspo", "prefopt-fake-shadow")
 
 

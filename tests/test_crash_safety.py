@@ -7,22 +7,20 @@ datasets) usable. Everything runs in-process through ``prefopt.cli.main``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import json
 import math
 import os
-import sys
 import types
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 import prefopt.cli
+from helpers import cli, write_toy_recipe
 from prefopt.hookspecs import hookimpl
 from prefopt.registry import PluginRegistry
 from prefopt_objectives.ddspo import DDSPO
@@ -75,45 +73,8 @@ def faulty(monkeypatch):
 # ---------------------------------------------------------------------------------- helpers
 
 
-def recipe_data(output_dir: Path, pretrain: bool = False) -> dict:
-    data = {
-        "seed": 0,
-        "output_dir": str(output_dir),
-        "backbone": {"name": "toy2d", "num_conditions": 8, "hidden": 32, "layers": 2,
-                     "num_train_timesteps": 100, "sample_steps": 10},
-        "pairs": {"source": {"name": "toy2d_neighbours", "num_conditions": 8, "pairs_per_condition": 2}},
-        "objective": {"name": "ddspo", "beta": 2000},
-        "train": {"max_steps": 40, "batch_size": 8, "lr": 1.0e-3, "checkpoint_every": 10, "log_every": 1},
-    }
-    if pretrain:
-        data["pretrain"] = {
-            "pairs": {"source": {"name": "toy2d_points", "points_per_condition": 50}},
-            "train": {"max_steps": 30, "batch_size": 64, "lr": 2.0e-3, "log_every": 10},
-        }
-    return data
-
-
-def write_recipe(directory: Path, data: dict | None = None, name: str = "recipe.yaml") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    path.write_text(yaml.safe_dump(data or recipe_data(directory / "run"), sort_keys=False))
-    return path
-
-
-
-def cli(*args) -> tuple[int, str]:
-    """``prefopt ARGS`` in this process: (exit code, stderr)."""
-    argv, err = sys.argv, io.StringIO()
-    sys.argv = ["prefopt", *map(str, args)]
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            prefopt.cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    return code, err.getvalue()
+# The tiny toy recipe without pretraining unless a test asks for it: no test here needs a trained reference.
+write_recipe = partial(write_toy_recipe, pretrain=False)
 
 
 def one_error(code: int, stderr: str) -> str:
@@ -256,7 +217,7 @@ def test_output_dir_under_a_file(tmp_path):
     """A path that cannot become a directory (works as root too, unlike file permissions)."""
     (tmp_path / "afile").write_text("not a directory")
     output_dir = tmp_path / "afile" / "run"
-    recipe = write_recipe(tmp_path, recipe_data(output_dir, pretrain=True))
+    recipe = write_recipe(tmp_path, output_dir, pretrain=True)
     line = one_error(*cli("run", recipe))
     assert line == f"error: output_dir {output_dir} is not writable: Not a directory"
     line = one_error(*cli("pairs", "build", recipe))
@@ -269,7 +230,7 @@ def test_output_dir_without_write_permission(tmp_path):
     parent.mkdir()
     parent.chmod(0o500)
     try:
-        recipe = write_recipe(tmp_path, recipe_data(parent / "run"))
+        recipe = write_recipe(tmp_path, parent / "run")
         line = one_error(*cli("run", recipe))
         assert line == f"error: output_dir {parent / 'run'} is not writable: Permission denied"
     finally:
@@ -291,7 +252,7 @@ def test_missing_or_empty_pairs_dir_is_built(tmp_path):
         pairs_dir = tmp_path / name
         if name == "empty":
             pairs_dir.mkdir()
-        recipe = write_recipe(tmp_path, recipe_data(tmp_path / f"run-{name}"), name=f"{name}.yaml")
+        recipe = write_recipe(tmp_path, tmp_path / f"run-{name}", name=f"{name}.yaml")
         code, err = cli("run", recipe, f"pairs.dir={pairs_dir}", "train.max_steps=2")
         assert code == 0, err
         assert json.loads((pairs_dir / "manifest.json").read_text())["complete"] is True
@@ -324,10 +285,9 @@ def test_pairs_built_for_another_backbone_are_refused(tmp_path):
     pairs_dir = tmp_path / "pairs"
     code, err = cli("pairs", "build", write_recipe(tmp_path), f"pairs.dir={pairs_dir}")
     assert code == 0, err
-    other = recipe_data(tmp_path / "run6")
-    other["backbone"]["num_conditions"] = 6
-    other["pairs"]["source"]["num_conditions"] = 6
-    line = one_error(*cli("run", write_recipe(tmp_path, other, "six.yaml"), f"pairs.dir={pairs_dir}"))
+    six = write_recipe(tmp_path, tmp_path / "run6", "six.yaml",
+                       backbone={"num_conditions": 6}, pairs={"source": {"num_conditions": 6}})
+    line = one_error(*cli("run", six, f"pairs.dir={pairs_dir}"))
     assert line == (f"error: pair dataset {pairs_dir} was built for another backbone: "
                     "num_conditions is 8 there, 6 here")
 
@@ -362,7 +322,7 @@ def test_finished_pairs_with_other_settings_are_refused(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 works with a GPU")
 @pytest.mark.parametrize("field", ["train", "pretrain.train"])
 def test_fp16_on_a_cpu_machine(tmp_path, field):
-    recipe = write_recipe(tmp_path, recipe_data(tmp_path / "run", pretrain=True))
+    recipe = write_recipe(tmp_path, pretrain=True)
     line = one_error(*cli("run", recipe, f"{field}.mixed_precision=fp16"))
     assert line == f"error: {field}.mixed_precision=fp16 needs a GPU; use bf16 or no on a CPU machine"
     assert not (tmp_path / "run").exists(), "nothing should run (not even pretraining) before the error"

@@ -7,8 +7,6 @@ the finished dataset (metadata.jsonl, manifest.json and every shard).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -21,10 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-import prefopt.cli
+from helpers import cli, write_toy_recipe
 
 # Started as `python -c BOOT pairs build RECIPE`: shard writes slowed down by a sleep
 # (half before the tensor file, half between it and the .json that marks the shard
@@ -49,45 +46,10 @@ main()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PREFOPT_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
-def recipe_data(output_dir: Path) -> dict:
-    return {
-        "seed": 0,
-        "output_dir": str(output_dir),
-        "backbone": {"name": "toy2d", "num_conditions": 8, "hidden": 32, "layers": 2,
-                     "num_train_timesteps": 100, "sample_steps": 10},
-        "pretrain": {
-            "pairs": {"source": {"name": "toy2d_points", "points_per_condition": 50}},
-            "train": {"max_steps": 30, "batch_size": 64, "lr": 2.0e-3, "log_every": 10},
-        },
-        # 48 rows in 24 shards: enough for a kill to land part way.
-        "pairs": {"source": {"name": "toy2d_neighbours", "num_conditions": 8, "pairs_per_condition": 6},
-                  "shard_size": 2, "sample_batch_size": 1},
-        "objective": {"name": "ddspo", "beta": 2000},
-        "train": {"max_steps": 40, "batch_size": 8, "checkpoint_every": 10, "log_every": 1},
-    }
-
-
 def write_recipe(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe_data(directory / "run"), sort_keys=False))
-    return path
-
-
-
-def cli(*args) -> tuple[int, str]:
-    """``prefopt ARGS`` in this process: (exit code, stderr)."""
-    argv, err = sys.argv, io.StringIO()
-    sys.argv = ["prefopt", *map(str, args)]
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            prefopt.cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    return code, err.getvalue()
+    # 48 rows in 24 shards: enough for a kill to land part way (train.lr stays at its default).
+    return write_toy_recipe(directory, pairs={"source": {"pairs_per_condition": 6}, "shard_size": 2,
+                                              "sample_batch_size": 1}, train={"lr": None})
 
 
 def complete_shards(pairs_dir: Path) -> list[Path]:

@@ -8,9 +8,6 @@ never a traceback.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import sys
 import traceback
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import prefopt.cli
+from helpers import cli_outputs
 
 BASE = {
     "seed": 0,
@@ -115,19 +112,10 @@ def reshaped_recipes(draw):
 
 
 def _validate(recipe: Path, extra: list[str]) -> tuple[int, str, str]:
-    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
-    sys.argv = ["prefopt", "validate", str(recipe), *extra]
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            prefopt.cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        return cli_outputs("validate", recipe, *extra)
     except BaseException:  # noqa: BLE001 - a crash is the finding
         pytest.fail(f"prefopt validate crashed on {recipe.read_bytes()[:500]!r} {extra!r}:\n{traceback.format_exc()}")
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
 
 
 def check(recipe: Path, extra: list[str]) -> None:

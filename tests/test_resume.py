@@ -11,8 +11,6 @@ same code path, without paying the interpreter start-up again).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import random
@@ -26,10 +24,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-import prefopt.cli
+from helpers import cli, write_toy_recipe
 
 FINAL = Path("final", "denoiser", "diffusion_pytorch_model.safetensors")
 
@@ -71,45 +68,6 @@ sys.argv = ["prefopt"] + sys.argv[1:]
 from prefopt.cli import main
 main()
 """
-
-
-def recipe_data(output_dir: Path) -> dict:
-    return {
-        "seed": 0,
-        "output_dir": str(output_dir),
-        "backbone": {"name": "toy2d", "num_conditions": 8, "hidden": 32, "layers": 2,
-                     "num_train_timesteps": 100, "sample_steps": 10},
-        "pretrain": {
-            "pairs": {"source": {"name": "toy2d_points", "points_per_condition": 50}},
-            "train": {"max_steps": 30, "batch_size": 64, "lr": 2.0e-3, "log_every": 10},
-        },
-        "pairs": {"source": {"name": "toy2d_neighbours", "num_conditions": 8, "pairs_per_condition": 2}},
-        "objective": {"name": "ddspo", "beta": 2000},
-        "train": {"max_steps": 40, "batch_size": 8, "lr": 1.0e-3, "checkpoint_every": 10, "log_every": 1},
-    }
-
-
-def write_recipe(directory: Path, output_dir: Path | None = None) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe_data(output_dir or directory / "run"), sort_keys=False))
-    return path
-
-
-
-def cli(*args) -> tuple[int, str]:
-    """``prefopt ARGS`` in this process: (exit code, stderr)."""
-    argv, err = sys.argv, io.StringIO()
-    sys.argv = ["prefopt", *map(str, args)]
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            prefopt.cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    return code, err.getvalue()
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -191,7 +149,7 @@ class Child:
 def uninterrupted(tmp_path_factory) -> Path:
     """Run A: the tiny toy recipe start to finish, never interrupted."""
     base = tmp_path_factory.mktemp("uninterrupted")
-    code, err = cli("run", write_recipe(base))
+    code, err = cli("run", write_toy_recipe(base))
     assert code == 0, err
     return base / "run"
 
@@ -205,14 +163,14 @@ def copy_of(run_dir: Path, tmp_path: Path) -> Path:
     """A copy of a finished run (its reference and pairs are reused: only training reruns)."""
     target = tmp_path / "run"
     shutil.copytree(run_dir, target)
-    return write_recipe(tmp_path, target)
+    return write_toy_recipe(tmp_path, target)
 
 
 # ----------------------------------------------------------------------------------- kill -9
 
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path, uninterrupted, checkpoint_files):
-    recipe = write_recipe(tmp_path)
+    recipe = write_toy_recipe(tmp_path)
     run_dir = tmp_path / "run"
     child = Child(recipe, log_dir=tmp_path / "logs", TEST_STEP_DELAY="0.03")
     child.wait_for(lambda: checkpoints(run_dir), "the first checkpoint")
@@ -236,7 +194,7 @@ def test_kill_9_while_saving_a_checkpoint(tmp_path, uninterrupted, checkpoint_fi
 
     step-10 stays whole, no step-20 appears, and --resume from step-10 gives the weights of A.
     """
-    recipe = write_recipe(tmp_path)
+    recipe = write_toy_recipe(tmp_path)
     run_dir = tmp_path / "run"
     marker = tmp_path / "parked"
     child = Child(recipe, log_dir=tmp_path / "logs", TEST_HANG_IN=hang_in,
@@ -268,7 +226,7 @@ def test_repeated_kill_9_with_a_checkpoint_every_step(tmp_path, uninterrupted, c
     directory that exists must be whole (the temporary ``.tmp-step-*`` ones are
     not checkpoints), and the run that is finally resumed ends with A's weights.
     """
-    recipe = write_recipe(tmp_path)
+    recipe = write_toy_recipe(tmp_path)
     run_dir = tmp_path / "run"
     rng = random.Random(os.environ.get("PREFOPT_TEST_SEED", time.time_ns()))
     resume: tuple[str, ...] = ()
@@ -298,7 +256,7 @@ def test_repeated_kill_9_with_a_checkpoint_every_step(tmp_path, uninterrupted, c
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, uninterrupted, checkpoint_files):
-    recipe = write_recipe(tmp_path)
+    recipe = write_toy_recipe(tmp_path)
     run_dir = tmp_path / "run"
     child = Child(recipe, log_dir=tmp_path / "logs", TEST_STEP_DELAY="0.05")
     child.wait_for(lambda: checkpoints(run_dir), "the first checkpoint")
@@ -364,7 +322,7 @@ def test_resume_refuses_a_recipe_that_changes_results(tmp_path, uninterrupted):
 
 
 def test_resume_without_a_run_is_one_clear_error(tmp_path):
-    recipe = write_recipe(tmp_path)
+    recipe = write_toy_recipe(tmp_path)
     code, err = cli("run", recipe, "--resume")
     assert code == 2
     assert error_lines(err) == [f"error: --resume: {tmp_path / 'run'} holds no run to resume "

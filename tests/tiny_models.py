@@ -314,7 +314,6 @@ def check_reference_is_frozen(backbone) -> None:
     assert [p for p in backbone.trainable_module().parameters() if p.requires_grad] == trainable
 
 
-
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
     return build_sd(tmp_path_factory.mktemp("tiny-sd"))

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs, PluginConfig
-from prefopt_objectives.slots import REF_L, REF_W, STUDENT_L, STUDENT_W
+from prefopt_objectives.slots import STUDENT_AND_REF, target_errors
 
 
 class DiffusionDPO(Objective):
@@ -28,20 +28,12 @@ class DiffusionDPO(Objective):
         )
 
     def predictions(self):
-        return (STUDENT_W, STUDENT_L, REF_W, REF_L)
+        return STUDENT_AND_REF
 
     def loss(self, inputs: ObjectiveInputs) -> LossOutput:
         from prefopt_objectives import losses
 
-        p = inputs.predictions
-        raw = losses.pair_errors(
-            student_w=p[STUDENT_W],
-            student_l=p[STUDENT_L],
-            ref_w=p[REF_W],
-            ref_l=p[REF_L],
-            target_w=inputs.targets["w"],
-            target_l=inputs.targets["l"],
-        )
+        raw = target_errors(inputs)
         delta = raw.scaled(inputs.weight).delta()
         loss = losses.preference_loss(delta, self.config.beta, self.config.loss_type).mean()
         return LossOutput(loss, losses.preference_metrics(loss, raw, delta, self.config.beta))

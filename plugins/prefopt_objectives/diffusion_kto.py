@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs, PluginConfig
-from prefopt_objectives.slots import REF_L, REF_W, STUDENT_L, STUDENT_W
+from prefopt_objectives.slots import STUDENT_AND_REF, target_errors
 
 
 class DiffusionKTO(Objective):
@@ -24,22 +24,14 @@ class DiffusionKTO(Objective):
         lambda_undesirable: float = Field(1.0, gt=0, description="λ_U: weight of undesirable (loser) samples")
 
     def predictions(self):
-        return (STUDENT_W, STUDENT_L, REF_W, REF_L)
+        return STUDENT_AND_REF
 
     def loss(self, inputs: ObjectiveInputs) -> LossOutput:
         import torch
 
         from prefopt_objectives import losses
 
-        p = inputs.predictions
-        raw = losses.pair_errors(
-            student_w=p[STUDENT_W],
-            student_l=p[STUDENT_L],
-            ref_w=p[REF_W],
-            ref_l=p[REF_L],
-            target_w=inputs.targets["w"],
-            target_l=inputs.targets["l"],
-        )
+        raw = target_errors(inputs)
         weighted = raw.scaled(inputs.weight)
         g_w = weighted.ref_w - weighted.student_w
         g_l = weighted.ref_l - weighted.student_l

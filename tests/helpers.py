@@ -1,0 +1,88 @@
+"""Helpers shared by the CLI tests: ``prefopt`` run in this process, and the tiny toy recipe they run.
+
+(``fixtures.dists.run_cli`` is the other way: a fresh interpreter, for what only
+a new process shows, such as which libraries the CLI imports.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import sys
+from pathlib import Path
+
+import yaml
+
+import prefopt.cli
+
+
+def cli_outputs(*args) -> tuple[int, str, str]:
+    """``prefopt ARGS`` in this process: (exit code, stdout, stderr).
+
+    Exceptions other than ``SystemExit`` propagate (a crash is the test's finding).
+    """
+    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
+    sys.argv = ["prefopt", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            prefopt.cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
+
+
+def cli(*args) -> tuple[int, str]:
+    """``prefopt ARGS`` in this process: (exit code, stderr)."""
+    code, _, err = cli_outputs(*args)
+    return code, err
+
+
+def _merge(data: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        elif isinstance(value, dict) and isinstance(data.get(key), dict):
+            _merge(data[key], value)
+        else:
+            data[key] = copy.deepcopy(value)
+
+
+def tiny_toy_recipe(output_dir: Path, *, pretrain: bool = True, **changes) -> dict:
+    """A toy2d recipe that runs in seconds: 8 conditions, 40 DDSPO steps of 8 pairs, a checkpoint every 10.
+
+    With ``pretrain``, a 30-step pretraining stage first makes the reference.
+    ``changes`` name sections; each is merged into its section key by key
+    (nested mappings too), and ``None`` removes a key.
+    """
+    data = {
+        "seed": 0,
+        "output_dir": str(output_dir),
+        "backbone": {"name": "toy2d", "num_conditions": 8, "hidden": 32, "layers": 2,
+                     "num_train_timesteps": 100, "sample_steps": 10},
+    }
+    if pretrain:
+        data["pretrain"] = {
+            "pairs": {"source": {"name": "toy2d_points", "points_per_condition": 50}},
+            "train": {"max_steps": 30, "batch_size": 64, "lr": 2.0e-3, "log_every": 10},
+        }
+    data.update({
+        "pairs": {"source": {"name": "toy2d_neighbours", "num_conditions": 8, "pairs_per_condition": 2}},
+        "objective": {"name": "ddspo", "beta": 2000},
+        "train": {"max_steps": 40, "batch_size": 8, "lr": 1.0e-3, "checkpoint_every": 10, "log_every": 1},
+    })
+    _merge(data, changes)
+    return data
+
+
+def write_toy_recipe(directory: Path, output_dir: Path | None = None, name: str = "recipe.yaml",
+                     **recipe) -> Path:
+    """``directory/name`` holding ``tiny_toy_recipe(output_dir or directory / "run", **recipe)``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    data = tiny_toy_recipe(output_dir or directory / "run", **recipe)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
