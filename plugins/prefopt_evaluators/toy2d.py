@@ -61,8 +61,7 @@ class Toy2DModes(Evaluator):
         return {
             "toy/mode_accuracy": m.mode_accuracy(points, conditions, layout.centers(), layout.std),
             "toy/sliced_wasserstein": float(np.mean(per_condition)),
-            "toy/separation": m.separation(points, conditions, layout.num_conditions),
-            "toy/separation_ground_truth": m.separation(truth, conditions, layout.num_conditions),
+            "toy/separation": m.separation(points, conditions, layout.centers()),
         }
 
     def comparison_figure(self, runs: dict[str, Path], shared_dir: Path, path: Path) -> Path:
