@@ -80,6 +80,8 @@ def test_dpo_and_kto_predictions(cls):
 
 def test_denoise_predictions():
     assert set(Denoise().predictions()) == {P(STUDENT, "w", "c")}
+    # DD-CPP's losing policy fits the losers, still conditioned on c.
+    assert set(Denoise(Denoise.Config(side="loser")).predictions()) == {P(STUDENT, "l", "c")}
 
 
 # --------------------------------------------------------------------------- Configs

@@ -1,29 +1,42 @@
-"""Plain denoising loss: pretraining a reference, or supervised fine-tuning on winners."""
+"""Plain denoising loss: pretraining a reference, supervised fine-tuning, DD-CPP policies."""
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs, PluginConfig
-from prefopt_objectives.slots import STUDENT_W
+from prefopt_objectives.slots import STUDENT_L, STUDENT_W
 
 
 class Denoise(Objective):
-    """Plain denoising loss on the winner: mean of weight · ‖target − student(x_t^w, c)‖².
+    """Plain denoising loss on one side of each pair: mean of weight · ‖target − student(x_t, c)‖².
 
-    The standard diffusion training loss (no reference, no preference): used to
-    pretrain the toy reference and for supervised fine-tuning on winners.
+    The standard diffusion training loss (no reference, no preference). On the
+    winners it pretrains the toy reference or fine-tunes on preferred images
+    (SFT); on the winners and on the losers of a labelled pair set it trains
+    the winning and losing policies that DD-CPP (paper Sec. 3.2) takes its
+    targets from, both conditioned on c.
     """
 
     name = "denoise"
 
     class Config(PluginConfig):
-        pass
+        side: Literal["winner", "loser"] = Field(
+            "winner", description="which image of each pair to fit (loser: a DD-CPP losing policy)"
+        )
+
+    def _prediction(self):
+        return STUDENT_W if self.config.side == "winner" else STUDENT_L
 
     def predictions(self):
-        return (STUDENT_W,)
+        return (self._prediction(),)
 
     def loss(self, inputs: ObjectiveInputs) -> LossOutput:
         from prefopt_objectives import losses
 
-        errors = losses.per_sample_mse(inputs.targets["w"], inputs.predictions[STUDENT_W])
+        prediction = self._prediction()
+        errors = losses.per_sample_mse(inputs.targets[prediction.latent], inputs.predictions[prediction])
         loss = (errors * inputs.weight).mean()
-        return LossOutput(loss, losses.as_floats({"loss": loss, "mse/student_w": errors.detach().mean()}))
+        return LossOutput(loss, losses.as_floats({"loss": loss, f"mse/student_{prediction.latent}": errors.detach().mean()}))
