@@ -36,7 +36,8 @@ NON_RESULT_FIELDS = {
     "train.on_nonfinite", "pretrain.train.on_nonfinite",
 }
 # What a fresh run (or --overwrite) replaces; pairs/ and reference/ are reused when their settings match.
-RUN_OUTPUTS = [RESOLVED, "metrics.jsonl", "checkpoints", "final", "eval.json", "samples.csv", "samples.png"]
+RUN_OUTPUTS = [RESOLVED, "metrics.jsonl", "checkpoints", "final", "eval.json", "samples.csv", "samples.png",
+               "text_cache"]
 
 
 # -- accelerate ------------------------------------------------------------------------

@@ -50,6 +50,9 @@ class TrainConfig(Strict):
     reference_micro_batch: int | None = Field(
         None, ge=1, description="chunk the no-grad reference forward to this many inputs"
     )
+    text_cache: bool = Field(
+        False, description="encode every prompt once before training and read embeddings from <output_dir>/text_cache"
+    )
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(
         500, ge=0, description="steps between checkpoints (0: only when a signal stops the run)"

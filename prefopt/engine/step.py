@@ -45,10 +45,13 @@ def _chunked(fn: Callable, x, t, cond: dict, size: int | None) -> torch.Tensor:
 class FusedStep:
     """Computes the loss of one batch of pairs for an objective on a backbone."""
 
-    def __init__(self, backbone: Backbone, objective: Objective, reference_micro_batch: int | None = None):
+    def __init__(self, backbone: Backbone, objective: Objective, reference_micro_batch: int | None = None,
+                 encode: Callable[[list[str]], dict] | None = None):
         self.backbone = backbone
         self.objective = objective
         self.reference_micro_batch = reference_micro_batch
+        # Prompt encoding: the backbone's text encoder, or a TextCache built before training.
+        self.encode = encode or backbone.encode_prompts
         requested = list(dict.fromkeys(objective.predictions()))  # de-duplicated, ordered
         self.by_source: dict[str, list[Prediction]] = defaultdict(list)
         for prediction in requested:
@@ -114,5 +117,5 @@ class FusedStep:
                 rows.append(position[text])
             index[slot] = torch.tensor(rows, dtype=torch.long)
         with torch.no_grad():
-            cond = self.backbone.encode_prompts(texts)
+            cond = self.encode(texts)
         return cond, index

@@ -140,7 +140,13 @@ def train(
                               num_training_steps=max(cfg.max_steps, 1))
     module, optimizer, scheduler = accelerator.prepare(backbone.trainable_module(), optimizer, scheduler)
     backbone.set_trainable_module(module)
-    step_fn = FusedStep(backbone, objective, cfg.reference_micro_batch)
+    encode = None
+    if cfg.text_cache:
+        from prefopt.engine.text_cache import TextCache
+
+        prompts = [text for row in dataset.rows for text in (row["prompt"], row["negative"])]
+        encode = TextCache.build(run_dir / "text_cache", backbone, prompts, cfg.batch_size * 4, accelerator).encode
+    step_fn = FusedStep(backbone, objective, cfg.reference_micro_batch, encode=encode)
     sampler = EpochSampler(len(dataset), seed)
 
     start, skipped = 0, 0

@@ -1,0 +1,72 @@
+"""Text embeddings cached before training: same loss, no text encoder in the step."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+import torch
+from helpers import tiny_toy_recipe
+from tiny_models import NEGATIVES, PROMPTS, load_backbone, objective, pair_batch, tiny_sana, tiny_sd  # noqa: F401
+
+from prefopt.engine.step import FusedStep
+from prefopt.engine.text_cache import TextCache
+from prefopt.engine.trainer import step_generator
+from prefopt_backbones.sana import SanaBackbone
+from prefopt_backbones.sd import SDBackbone
+
+
+def single_process():
+    return types.SimpleNamespace(num_processes=1, process_index=0, is_main_process=True,
+                                 device=torch.device("cpu"), wait_for_everyone=lambda: None)
+
+
+@pytest.mark.parametrize("cls, fixture", [(SDBackbone, "tiny_sd"), (SanaBackbone, "tiny_sana")])
+def test_cached_step_matches_and_never_calls_the_text_encoder(tmp_path, request, cls, fixture):
+    backbone = load_backbone(cls, request.getfixturevalue(fixture))
+    cache = TextCache.build(tmp_path / "cache", backbone, PROMPTS + NEGATIVES, 2, single_process())
+    ddspo = objective("ddspo")
+    expected = FusedStep(backbone, ddspo)(pair_batch(backbone), step_generator(0, 0, 0, 0), torch.device("cpu"))
+
+    def no_encoder(prompts):
+        raise AssertionError("the text encoder ran during a cached step")
+
+    backbone.encode_prompts = no_encoder
+    cached = FusedStep(backbone, ddspo, encode=cache.encode)(
+        pair_batch(backbone), step_generator(0, 0, 0, 0), torch.device("cpu"))
+    assert cached.loss.item() == pytest.approx(expected.loss.item(), abs=1e-6)
+    for key in ("mse/student_w", "mse/student_l", "mse/ref_l"):
+        assert cached.metrics[key] == pytest.approx(expected.metrics[key], rel=1e-5)
+
+
+def test_cache_is_reused_when_the_prompts_are_the_same(tmp_path):
+    from prefopt.interfaces import Runtime
+    from prefopt.registry import PluginRegistry
+
+    cls = PluginRegistry().get("backbone", "toy2d")
+    toy = cls(cls.Config(num_conditions=4, hidden=8, layers=1))
+    toy.load(Runtime(device=torch.device("cpu"), dtype=torch.float32))
+    calls = []
+    original = toy.encode_prompts
+    toy.encode_prompts = lambda prompts: calls.append(len(prompts)) or original(prompts)
+    first = TextCache.build(tmp_path, toy, ["2", "0", "1", "0"], 8, single_process())
+    TextCache.build(tmp_path, toy, ["0", "1", "2"], 8, single_process())
+    assert calls == [3]  # encoded once, unique prompts only; the second build read the index
+    assert torch.equal(first.encode(["1", "1", "2"])["condition"], torch.tensor([1, 1, 2]))
+
+
+def test_a_run_with_text_cache_trains_like_one_without(tmp_path):
+    from prefopt.pipeline import run_recipe
+    from prefopt.recipe import resolve
+    from prefopt.registry import PluginRegistry
+
+    registry = PluginRegistry()
+    losses = {}
+    for cached in (False, True):
+        data = tiny_toy_recipe(tmp_path / str(cached), train={"max_steps": 5, "text_cache": cached,
+                                                              "checkpoint_every": 0})
+        run_recipe(resolve(data, registry), registry)
+        losses[cached] = [json.loads(line)["loss"] for line in open(tmp_path / str(cached) / "metrics.jsonl")]
+    assert (tmp_path / "True" / "text_cache" / "index.json").is_file()
+    assert losses[True] == losses[False]
