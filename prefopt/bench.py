@@ -35,7 +35,7 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_bench(resolved: ResolvedRecipe, registry, steps: int, output: Path) -> dict:
+def run_bench(resolved: ResolvedRecipe, registry, steps: int, output: Path, overrides: list[str] = ()) -> dict:
     import torch
 
     from prefopt.engine.step import FusedStep, PairBatch
@@ -77,7 +77,7 @@ def run_bench(resolved: ResolvedRecipe, registry, steps: int, output: Path) -> d
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - began) / steps
     result = {
-        "recipe": resolved.source, "backbone": recipe.backbone.name, "objective": recipe.objective.name,
+        "recipe": " ".join([resolved.source, *overrides]), "backbone": recipe.backbone.name, "objective": recipe.objective.name,
         "batch_pairs": n, "step_s": seconds, "pairs_per_s": n / seconds, "peak_mib": peak_memory_mib(),
         "precision": recipe.train.mixed_precision, "machine": machine_description(),
     }

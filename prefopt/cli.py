@@ -130,7 +130,7 @@ def bench(
     from prefopt.bench import run_bench
 
     registry, resolved = _load(recipe, overrides)
-    run_bench(resolved, registry, steps=steps, output=output)
+    run_bench(resolved, registry, steps=steps, output=output, overrides=overrides or [])
 
 
 @pairs_app.command("build")

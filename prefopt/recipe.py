@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prefopt.errors import RecipeError
 from prefopt.interfaces import PluginConfig
@@ -47,6 +47,12 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip; null disables")
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        # YAML 1.1 reads a bare `no` as false; accelerate's spelling is "no".
+        return "no" if value is False else value
     reference_micro_batch: int | None = Field(
         None, ge=1, description="chunk the no-grad reference forward to this many inputs"
     )

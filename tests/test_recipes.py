@@ -130,3 +130,13 @@ def test_reference_doc_lists_every_setting_of_every_plugin(registry):
                     assert f"\n{field_name}.{sub}: " in markdown, f"{name}.{field_name}.{sub} missing"
     # Choices are spelled out, not just "Literal".
     assert "lr_scheduler: Literal['constant', 'linear', 'cosine'] = 'constant'" in markdown
+
+
+def test_a_bare_yaml_no_means_no_mixed_precision(tmp_path):
+    """YAML reads `no` as false; the field takes it as accelerate's "no"."""
+    from prefopt.recipe import load_recipe
+    from prefopt.registry import PluginRegistry
+
+    recipe = REPO_ROOT / "recipes" / "toy2d_ddspo.yaml"
+    resolved = load_recipe(recipe, PluginRegistry(), ["train.mixed_precision=no"])
+    assert resolved.recipe.train.mixed_precision == "no"
