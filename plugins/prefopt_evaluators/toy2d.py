@@ -93,7 +93,12 @@ class Toy2DModes(Evaluator):
 
         lim = self.config.layout.radius + 2.0
         fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+        import numpy as np
+
         for ax, (title, (points, conditions)) in zip(axes[0], panels.items()):
+            # Draw in a random order: drawn by condition, the last ones would hide the rest.
+            order = np.random.default_rng(0).permutation(len(points))
+            points, conditions = points[order], conditions[order]
             ax.scatter(points[:, 0], points[:, 1], c=conditions, cmap="tab10", s=3, alpha=0.6,
                        vmin=0, vmax=max(9, self.config.layout.num_conditions - 1))
             ax.set_title(title, fontsize=10)
