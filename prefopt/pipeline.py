@@ -46,8 +46,7 @@ def make_accelerator(train: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    if train.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise PrefoptError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on a CPU machine")
+    _require_gpu_options(train, "train")
     # Stages of one process may ask for different precisions; accelerate keeps
     # one global state, so start each stage from a clean one.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -64,14 +63,23 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def check_precision(recipe) -> None:
-    """fp16 needs a GPU: say so before any stage (pretraining included) has run."""
+def _require_gpu_options(cfg: TrainConfig, where: str) -> None:
+    """fp16 autocast and 8-bit Adam are CUDA features: refuse them on a CPU machine."""
     import torch
 
-    stages = [("train", recipe.train)] + ([("pretrain.train", recipe.pretrain.train)] if recipe.pretrain else [])
-    for where, cfg in stages:
-        if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
-            raise PrefoptError(f"{where}.mixed_precision=fp16 needs a GPU; use bf16 or no on a CPU machine")
+    if torch.cuda.is_available():
+        return
+    if cfg.mixed_precision == "fp16":
+        raise PrefoptError(f"{where}.mixed_precision=fp16 needs a GPU; use bf16 or no on a CPU machine")
+    if cfg.optimizer == "adamw8bit":
+        raise PrefoptError(f"{where}.optimizer=adamw8bit needs a GPU; use adamw or adafactor on a CPU machine")
+
+
+def check_gpu_options(recipe) -> None:
+    """Say what needs a GPU before any stage (pretraining included) has run."""
+    _require_gpu_options(recipe.train, "train")
+    if recipe.pretrain:
+        _require_gpu_options(recipe.pretrain.train, "pretrain.train")
 
 
 def seed_everything(seed: int) -> None:
@@ -292,7 +300,7 @@ def run_recipe(resolved: ResolvedRecipe, registry: PluginRegistry, resume: str |
     """Run every stage of a recipe; returns the evaluation results."""
     recipe = resolved.recipe
     run_dir = Path(recipe.output_dir)
-    check_precision(recipe)
+    check_gpu_options(recipe)
     prepare_run_dir(run_dir, resolved, resume=resume is not None, overwrite=overwrite)
     if reference is None and recipe.pretrain is not None:
         reference = pretrain_reference(resolved, registry, run_dir, resume=resume is not None)
@@ -348,7 +356,7 @@ def build_pairs_for(resolved: ResolvedRecipe, registry) -> Path:
     """``prefopt pairs build``: the recipe's pair dataset with its reference backbone."""
     recipe = resolved.recipe
     run_dir = Path(recipe.output_dir)
-    check_precision(recipe)
+    check_gpu_options(recipe)
     reference = pretrain_reference(resolved, registry, run_dir, resume=True) if recipe.pretrain else None
     accelerator = make_accelerator(recipe.train)
     seed_everything(recipe.seed)

@@ -326,3 +326,11 @@ def test_fp16_on_a_cpu_machine(tmp_path, field):
     line = one_error(*cli("run", recipe, f"{field}.mixed_precision=fp16"))
     assert line == f"error: {field}.mixed_precision=fp16 needs a GPU; use bf16 or no on a CPU machine"
     assert not (tmp_path / "run").exists(), "nothing should run (not even pretraining) before the error"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="8-bit Adam works with a GPU")
+def test_8bit_adam_on_a_cpu_machine(tmp_path):
+    recipe = write_recipe(tmp_path, pretrain=True)
+    line = one_error(*cli("run", recipe, "train.optimizer=adamw8bit"))
+    assert line == "error: train.optimizer=adamw8bit needs a GPU; use adamw or adafactor on a CPU machine"
+    assert not (tmp_path / "run").exists()
