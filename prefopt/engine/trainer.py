@@ -14,9 +14,8 @@ import logging
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,9 +38,7 @@ class RunStopped(PrefoptError):
 
 @dataclass
 class TrainResult:
-    steps_done: int
     skipped_steps: int
-    last_metrics: dict = field(default_factory=dict)
 
 
 def step_generator(*key: int) -> torch.Generator:
@@ -120,7 +117,6 @@ def train(
     seed: int,
     accelerator,
     resume_from: Path | None = None,
-    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     run_dir = Path(run_dir)
     world = accelerator.num_processes
@@ -168,7 +164,6 @@ def train(
 
     from tqdm.auto import tqdm
 
-    last: dict = {}
     bar = tqdm(total=cfg.max_steps, initial=start, unit="step", disable=not accelerator.is_main_process,
                desc="training")
     module.train()
@@ -203,7 +198,6 @@ def train(
                 "skipped_steps": skipped,
                 "perf/pairs_per_s": effective_batch / max(elapsed, 1e-9),
             })
-            last = metrics
             if accelerator.is_main_process and (done % cfg.log_every == 0 or done == cfg.max_steps):
                 with open(metrics_path, "a") as handle:
                     handle.write(json.dumps(metrics) + "\n")
@@ -212,8 +206,6 @@ def train(
                     shown["acc"] = f"{metrics['pref/accuracy']:.2f}"
                 bar.set_postfix(shown)
             bar.update(1)
-            if on_step is not None:
-                on_step(done)
             stopping = stop.signal_name is not None
             if world > 1:  # all processes stop after the same step, or the checkpoint's barrier hangs
                 flag = torch.tensor([float(stopping)], device=accelerator.device)
@@ -226,7 +218,7 @@ def train(
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
                 checkpoint(done)
     bar.close()
-    return TrainResult(steps_done=cfg.max_steps, skipped_steps=skipped, last_metrics=last)
+    return TrainResult(skipped_steps=skipped)
 
 
 def _accumulate(step_fn, dataset, sampler, cfg, step, seed, rank, world, accelerator, module, reduce_mean):
