@@ -304,16 +304,25 @@ def test_unfinished_pairs_with_other_settings_are_refused(tmp_path):
     assert line.startswith(f"error: pair dataset {pairs_dir} was built with different settings")
 
 
-def test_finished_pairs_with_other_settings_are_refused(tmp_path):
-    """--overwrite keeps <run>/pairs for reuse, but only for the settings it was built with."""
+def test_finished_pairs_with_other_settings_are_rebuilt_in_the_run_and_refused_elsewhere(tmp_path):
+    """A finished pair dataset is reused only for the settings it was built with.
+
+    In the run's own pairs/ (prefopt chose the place) --overwrite rebuilds it;
+    a user's pairs.dir is never deleted: a mismatch there is an error.
+    """
     recipe = write_recipe(tmp_path)
     code, err = cli("run", recipe, "train.max_steps=2")
     assert code == 0, err
-    line = one_error(*cli("run", recipe, "--overwrite", "train.max_steps=2", "pairs.source.pairs_per_condition=3"))
-    assert line == (f"error: pair dataset {tmp_path / 'run' / 'pairs'} was built with different pairs settings; "
-                    "delete it or point pairs.dir elsewhere")
-    code, err = cli("run", recipe, "--overwrite", "train.max_steps=2")  # the same settings: reused
+    code, err = cli("run", recipe, "--overwrite", "train.max_steps=2", "pairs.source.pairs_per_condition=3")
     assert code == 0, err
+    manifest = json.loads((tmp_path / "run" / "pairs" / "manifest.json").read_text())
+    assert manifest["num_rows"] == 8 * 3 and manifest["pairs"]["source"]["pairs_per_condition"] == 3
+
+    user_dir = tmp_path / "run" / "pairs"
+    line = one_error(*cli("run", recipe, "--overwrite", "train.max_steps=2", f"pairs.dir={user_dir}"))
+    assert line == (f"error: pair dataset {user_dir} was built with different pairs settings; "
+                    "delete it or point pairs.dir elsewhere")
+    assert json.loads((user_dir / "manifest.json").read_text()) == manifest  # untouched
 
 
 # -------------------------------------------------------------------------------- precision

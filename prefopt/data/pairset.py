@@ -104,7 +104,7 @@ def read_shard_info(directory: Path, index: int) -> ShardInfo | None:
 class PairDataset:
     """Reads a complete pair dataset lazily, shard by shard, verifying checksums."""
 
-    def __init__(self, directory: str | Path, identity: dict[str, Any] | None = None, cached_shards: int = 4):
+    def __init__(self, directory: str | Path, identity: dict[str, Any] | None = None, open_shards: int = 64):
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
         if not self.manifest.get("complete"):
@@ -122,42 +122,49 @@ class PairDataset:
             self.shards.append(info)
         self.rows = [row for shard in self.shards for row in shard.rows]
         self._location = [(s.index, i) for s in self.shards for i in range(len(s.rows))]
-        self._cache: OrderedDict[int, dict] = OrderedDict()
-        self._cached_shards = cached_shards
+        # Open shards are memory-mapped and read row by row, so a random batch over
+        # many shards reads only its rows; each shard's checksum is verified once.
+        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._verified: set[int] = set()
+        self._open_limit = open_shards
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _tensors(self, shard_index: int) -> dict:
-        if shard_index in self._cache:
-            self._cache.move_to_end(shard_index)
-            return self._cache[shard_index]
-        from safetensors.torch import load_file
+    def _shard(self, shard_index: int):
+        if shard_index in self._open:
+            self._open.move_to_end(shard_index)
+            return self._open[shard_index]
+        from safetensors import safe_open
 
         path = self.directory / "shards" / f"{shard_stem(shard_index)}.safetensors"
         if not path.is_file():
             raise DataError(f"pair dataset {self.directory}: {path.name} is missing")
-        if sha256_of(path) != self.shards[shard_index].checksum:
-            raise DataError(f"pair dataset {self.directory}: {path.name} is corrupt (checksum mismatch); rebuild it")
+        if shard_index not in self._verified:
+            if sha256_of(path) != self.shards[shard_index].checksum:
+                raise DataError(f"pair dataset {self.directory}: {path.name} is corrupt (checksum mismatch); rebuild it")
+            self._verified.add(shard_index)
         try:
-            tensors = load_file(str(path))
+            handle = safe_open(str(path), framework="pt")
         except Exception as exc:
             raise DataError(f"pair dataset {self.directory}: cannot read {path.name}: {exc}") from None
-        self._cache[shard_index] = tensors
-        if len(self._cache) > self._cached_shards:
-            self._cache.popitem(last=False)
-        return tensors
+        self._open[shard_index] = handle
+        if len(self._open) > self._open_limit:
+            self._open.popitem(last=False)
+        return handle
+
+    def _row(self, row_index: int, key: str):
+        shard_index, offset = self._location[row_index]
+        return self._shard(shard_index).get_slice(key)[offset:offset + 1][0]
 
     def _winner(self, row_index: int):
-        shard_index, offset = self._location[row_index]
-        return self._tensors(shard_index)["x0_w"][offset]
+        return self._row(row_index, "x0_w")
 
     def _loser(self, row_index: int):
         row = self.rows[row_index]
         if row.get("loser_from") is not None:
             return self._winner(row["loser_from"])
-        shard_index, offset = self._location[row_index]
-        return self._tensors(shard_index)["x0_l"][offset]
+        return self._row(row_index, "x0_l")
 
     def batch(self, indices: Sequence[int]):
         """x0_w, x0_l (stacked tensors), prompts and negatives for these rows."""

@@ -167,7 +167,9 @@ def train(
     bar = tqdm(total=cfg.max_steps, initial=start, unit="step", disable=not accelerator.is_main_process,
                desc="training")
     module.train()
-    with bar, _StopFlag() as stop:  # the bar ends its line before any error is printed
+    # One handle for the whole run (main process only); each line is flushed as it is written.
+    log_file = open(metrics_path, "a") if accelerator.is_main_process else nullcontext()
+    with log_file, bar, _StopFlag() as stop:  # the bar ends its line before any error is printed
         for step in range(start, cfg.max_steps):
             began = time.perf_counter()
             metrics, loss_ok = _accumulate(step_fn, dataset, sampler, cfg, step, seed, rank, world,
@@ -199,8 +201,8 @@ def train(
                 "perf/pairs_per_s": effective_batch / max(elapsed, 1e-9),
             })
             if accelerator.is_main_process and (done % cfg.log_every == 0 or done == cfg.max_steps):
-                with open(metrics_path, "a") as handle:
-                    handle.write(json.dumps(metrics) + "\n")
+                log_file.write(json.dumps(metrics) + "\n")
+                log_file.flush()
                 shown = {"loss": f"{metrics['loss']:.4f}"}
                 if "pref/accuracy" in metrics:
                     shown["acc"] = f"{metrics['pref/accuracy']:.2f}"

@@ -1,0 +1,194 @@
+"""The ``clip_score`` evaluator: CLIP score (or PickScore) of the trained model's images, and its win rate."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from prefopt.interfaces import REFERENCE, STUDENT, Evaluator, PluginConfig
+from prefopt.recipe import PromptsConfig
+
+DEFAULT_PROMPTS = [
+    # GenEval-style: colours, counts, positions and attribute binding, plus two open scenes.
+    "a photo of a red apple and a blue cup",
+    "a photo of three dogs on a sofa",
+    "a photo of a cat to the left of a bicycle",
+    "a photo of a yellow umbrella",
+    "a photo of a clock above a green door",
+    "a photo of a purple car next to a white horse",
+    "a photo of two birds sitting on a wooden fence",
+    "an oil painting of a lighthouse at sunset",
+]
+SEED_STRIDE = 1_000_003
+"""Row i is drawn with seed × SEED_STRIDE + i, so the rows of two nearby seeds do not overlap."""
+
+
+class ClipScore(Evaluator):
+    """CLIP score of the student's images against their prompts, and its win rate over the reference.
+
+    Each prompt is drawn ``images_per_prompt`` times, every (prompt, image)
+    row with its own fixed seed, so every method compared scores images from
+    the same starting noise. A score is ``scale`` × the cosine of the CLIP
+    image and text embeddings, clamped at 0 (torchmetrics' CLIPScore). With
+    ``compare_reference`` the reference model draws the same rows, and the win
+    rate is the share of rows where the student scores higher (a tie counts 1/2).
+
+    PickScore is the same computation with another model and processor::
+
+        {name: clip_score, model: yuvalkirstain/PickScore_v1,
+         processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K, name_prefix ...}
+
+    i.e. ``model: yuvalkirstain/PickScore_v1``,
+    ``processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` and ``name: pickscore``
+    (PickScore's logit scale is 100, so ``scale: 100`` gives its usual values).
+
+    Writes to the run directory: ``<name>_scores.csv`` (one row per image),
+    ``<name>_images/student/<row>.png`` (and ``reference/``), and
+    ``<name>_samples.png``, the first image of every prompt.
+    """
+
+    name = "clip_score"
+
+    class Config(PluginConfig):
+        model: str = Field("openai/clip-vit-large-patch14", description="CLIP model: hub id or local directory")
+        processor: str | None = Field(None, description="CLIP processor: hub id or local directory (None: model's)")
+        name: str = Field("clip", pattern=r"^[A-Za-z0-9_.-]+$",
+                          description="metric prefix (<name>/score ...) and output file prefix; e.g. pickscore")
+        prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1,
+                                   description="evaluation prompts")
+        prompts_file: PromptsConfig | None = Field(
+            None, description="read the prompts from a file instead (a path, or {path, column, max_count, ...}; "
+                              "a relative path is taken from the working directory)")
+        images_per_prompt: int = Field(2, ge=1, description="images drawn per prompt, each with its own seed")
+        seed: int = Field(1234, description="sampling seed; the same for every method compared")
+        batch_size: int = Field(4, ge=1, description="images per sampling call and per CLIP forward")
+        scale: float = Field(100.0, gt=0, description="score = scale × max(cosine, 0)")
+        compare_reference: bool = Field(True, description="also score the reference's images and report the "
+                                                          "student's win rate")
+
+        @field_validator("prompts_file", mode="before")
+        @classmethod
+        def _path_alone(cls, value: Any) -> Any:
+            return {"path": value} if isinstance(value, str) else value
+
+        @model_validator(mode="after")
+        def _one_prompt_source(self) -> "ClipScore.Config":
+            if self.prompts_file is not None and "prompts" in self.model_fields_set:
+                raise ValueError("set prompts or prompts_file, not both")
+            return self
+
+    def prompts(self) -> list[str]:
+        if self.config.prompts_file is None:
+            return list(self.config.prompts)
+        from prefopt.data.prompts import load_prompts
+
+        return load_prompts(self.config.prompts_file)
+
+    def rows(self) -> list[tuple[str, int]]:
+        """(prompt, seed) per image, prompt-major: row k·n + j is image j of prompt k."""
+        n = self.config.images_per_prompt
+        prompts = [prompt for prompt in self.prompts() for _ in range(n)]
+        return [(prompt, self.config.seed * SEED_STRIDE + i) for i, prompt in enumerate(prompts)]
+
+    def evaluate(self, backbone, run_dir: str, seed: int) -> dict[str, float]:
+        import numpy as np
+        import torch
+
+        from prefopt_evaluators.clip_scoring import ClipScorer
+
+        cfg, run_dir = self.config, Path(run_dir)
+        rows = self.rows()
+        prompts = [prompt for prompt, _ in rows]
+        # The backbone's device; the model is loaded before sampling so that a wrong
+        # model id fails in seconds rather than after the sampling.
+        runtime = getattr(backbone, "runtime", None)
+        scorer = ClipScorer(cfg.model, cfg.processor, runtime.device if runtime else torch.device("cpu"))
+        sources = [STUDENT, REFERENCE] if cfg.compare_reference else [STUDENT]
+        images = self._sample(backbone, rows, sources)
+        scores = {s: np.array(scorer.scores(images[s], prompts, cfg.batch_size, cfg.scale)) for s in sources}
+
+        self._write(run_dir, rows, images, scores)
+        student = scores[STUDENT]
+        metrics = {f"{cfg.name}/score": float(student.mean()), f"{cfg.name}/score_std": float(student.std())}
+        if cfg.compare_reference:
+            reference = scores[REFERENCE]
+            wins = np.where(student > reference, 1.0, np.where(student == reference, 0.5, 0.0))
+            metrics[f"{cfg.name}/reference_score"] = float(reference.mean())
+            metrics[f"{cfg.name}/win_rate"] = float(wins.mean())
+        return metrics
+
+    def _sample(self, backbone, rows: list[tuple[str, int]], sources: list[str]) -> dict[str, list]:
+        """Decoded images of every row from each source, drawn in batches of the same rows."""
+        from tqdm.auto import tqdm
+
+        size = self.config.batch_size
+        images: dict[str, list] = {source: [] for source in sources}
+        with tqdm(total=len(rows) * len(sources), unit="image", desc=f"{self.config.name} samples") as bar:
+            for start in range(0, len(rows), size):
+                batch = rows[start:start + size]
+                for source in sources:
+                    x0 = backbone.sample([p for p, _ in batch], [s for _, s in batch], source=source)
+                    images[source] += backbone.decode(x0)
+                    bar.update(len(batch))
+        return images
+
+    def _write(self, run_dir: Path, rows, images: dict[str, list], scores: dict[str, Any]) -> None:
+        name = self.config.name
+        image_dir = run_dir / f"{name}_images"
+        shutil.rmtree(image_dir, ignore_errors=True)  # a longer earlier run must not leave extra images
+        for source, source_images in images.items():
+            (image_dir / source).mkdir(parents=True)
+            for i, image in enumerate(source_images):
+                image.save(image_dir / source / f"{i}.png")
+        with open(run_dir / f"{name}_scores.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["prompt", "seed", "student_score", "reference_score"])
+            for i, (prompt, seed) in enumerate(rows):
+                reference = f"{scores[REFERENCE][i]:.6f}" if REFERENCE in scores else ""
+                writer.writerow([prompt, seed, f"{scores[STUDENT][i]:.6f}", reference])
+        grid = self._first_images(run_dir)
+        if grid is not None:
+            from prefopt_evaluators.clip_scoring import draw_grid
+
+            titles, rows_by_label = grid
+            labels = {REFERENCE: "reference", STUDENT: "fine-tuned"}
+            draw_grid({labels[s]: rows_by_label[s] for s in images}, titles, run_dir / f"{name}_samples.png")
+
+    def _first_images(self, run_dir: Path) -> tuple[list[str], dict[str, list]] | None:
+        """(prompts, {source: the first image of each prompt}) read back from a run's outputs; None if absent."""
+        from PIL import Image
+
+        name = self.config.name
+        table = Path(run_dir) / f"{name}_scores.csv"
+        if not table.is_file():
+            return None
+        with open(table, newline="") as handle:
+            prompts = [row["prompt"] for row in csv.DictReader(handle)]
+        first = {prompt: i for i, prompt in reversed(list(enumerate(prompts)))}  # the lowest row of each prompt
+        found = {}
+        for source in (REFERENCE, STUDENT):
+            source_dir = Path(run_dir) / f"{name}_images" / source
+            if source_dir.is_dir():
+                found[source] = [Image.open(source_dir / f"{i}.png").convert("RGB") for i in first.values()]
+        return list(first), found
+
+    def comparison_figure(self, runs: dict[str, Path], shared_dir: Path, path: Path) -> Path | None:
+        """One row per variant (after the shared reference's row), one column per prompt."""
+        from prefopt_evaluators.clip_scoring import draw_grid
+
+        titles, grid = None, {}
+        for variant, run_dir in runs.items():
+            found = self._first_images(run_dir)
+            if found is None:
+                continue
+            prompts, images = found
+            titles = titles or prompts
+            # Every variant trains from the same reference on the same seeds: its row is drawn once.
+            if REFERENCE in images and "reference" not in grid:
+                grid = {"reference": images[REFERENCE], **grid}
+            grid[variant] = images[STUDENT]
+        return draw_grid(grid, titles, Path(path)) if grid else None

@@ -1,0 +1,78 @@
+"""The heavy half of the ``clip_score`` evaluator: CLIP scoring and image grids.
+
+Kept apart from ``clip_score`` because it imports torch at module top, and
+``prefopt validate`` imports every evaluator's module to read its Config.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+
+def _projected(output) -> torch.Tensor:
+    """transformers < 5 returns the projected features; 5 returns an output holding them as pooler_output."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class ClipScorer:
+    """Cosine similarity of CLIP image and text embeddings, ×scale and clamped at 0 (torchmetrics' CLIPScore)."""
+
+    def __init__(self, model: str, processor: str | None, device: torch.device):
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.device = device
+        # fp32 whatever dtype the checkpoint was saved in: scores are compared across runs to a few decimals.
+        self.model = CLIPModel.from_pretrained(model).to(device=device, dtype=torch.float32).eval()
+        self.processor = CLIPProcessor.from_pretrained(processor or model)
+
+    @torch.no_grad()
+    def _text_features(self, prompts: Sequence[str]) -> torch.Tensor:
+        # Truncated to the tokenizer's length (77 for CLIP): a long prompt is scored on its start.
+        inputs = self.processor(text=list(prompts), padding=True, truncation=True, return_tensors="pt").to(self.device)
+        features = _projected(self.model.get_text_features(input_ids=inputs["input_ids"],
+                                                           attention_mask=inputs["attention_mask"]))
+        return torch.nn.functional.normalize(features, dim=-1)
+
+    @torch.no_grad()
+    def _image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        features = _projected(self.model.get_image_features(pixel_values=pixels.to(self.device, torch.float32)))
+        return torch.nn.functional.normalize(features, dim=-1)
+
+    def scores(self, images: Sequence[Image.Image], prompts: Sequence[str], batch_size: int,
+               scale: float) -> list[float]:
+        """One score per (image, prompt) row."""
+        unique = list(dict.fromkeys(prompts))  # each prompt is embedded once, however many images it has
+        text = torch.cat([self._text_features(unique[i:i + batch_size]) for i in range(0, len(unique), batch_size)])
+        row_text = text[[unique.index(p) for p in prompts]]
+        image = torch.cat([self._image_features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        cosine = (image * row_text).sum(dim=-1)
+        return (scale * cosine.clamp(min=0)).cpu().tolist()
+
+
+def draw_grid(rows: dict[str, Sequence[Image.Image]], titles: Sequence[str], path: Path) -> Path:
+    """Images in a grid: one row per label (written on its left), one column per title (written on top)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(2.2 * len(titles), 2.4 * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c, ax in enumerate(axes[r]):
+            if c < len(images):
+                ax.imshow(images[c])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(textwrap.fill(titles[c], 24), fontsize=7)
+        axes[r][0].set_ylabel(label, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
