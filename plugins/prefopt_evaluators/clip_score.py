@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from prefopt.interfaces import REFERENCE, STUDENT, Evaluator, PluginConfig
 from prefopt.recipe import PromptsConfig
@@ -25,6 +25,15 @@ DEFAULT_PROMPTS = [
 ]
 SEED_STRIDE = 1_000_003
 """Row i is drawn with seed × SEED_STRIDE + i, so the rows of two nearby seeds do not overlap."""
+LABELS = {REFERENCE: "reference", STUDENT: "fine-tuned"}
+
+
+def first_rows(prompts: list[str]) -> dict[str, int]:
+    """Each distinct prompt -> its first row, in the order the prompts come."""
+    first: dict[str, int] = {}
+    for i, prompt in enumerate(prompts):
+        first.setdefault(prompt, i)
+    return first
 
 
 class ClipScore(Evaluator):
@@ -37,18 +46,21 @@ class ClipScore(Evaluator):
     ``compare_reference`` the reference model draws the same rows, and the win
     rate is the share of rows where the student scores higher (a tie counts 1/2).
 
-    PickScore is the same computation with another model and processor::
+    PickScore is the same computation with PickScore's model and the
+    processor of the CLIP-H it was fine-tuned from (PickScore's own code
+    multiplies the cosine by the model's ``logit_scale.exp()``; set ``scale``
+    to that value to reproduce its numbers exactly)::
 
-        {name: clip_score, model: yuvalkirstain/PickScore_v1,
-         processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K, name_prefix ...}
+        eval:
+          - name: clip_score
+            model: yuvalkirstain/PickScore_v1
+            processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K
+            prefix: pickscore
 
-    i.e. ``model: yuvalkirstain/PickScore_v1``,
-    ``processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` and ``name: pickscore``
-    (PickScore's logit scale is 100, so ``scale: 100`` gives its usual values).
-
-    Writes to the run directory: ``<name>_scores.csv`` (one row per image),
-    ``<name>_images/student/<row>.png`` (and ``reference/``), and
-    ``<name>_samples.png``, the first image of every prompt.
+    Writes to the run directory: ``<prefix>_scores.csv`` (one row per image),
+    ``<prefix>_images/student/<row>.png`` (and ``reference/``), and
+    ``<prefix>_samples.png``, the first image of every prompt. The recipe's seed
+    is not used: every run is scored on the rows of ``seed``.
     """
 
     name = "clip_score"
@@ -56,13 +68,14 @@ class ClipScore(Evaluator):
     class Config(PluginConfig):
         model: str = Field("openai/clip-vit-large-patch14", description="CLIP model: hub id or local directory")
         processor: str | None = Field(None, description="CLIP processor: hub id or local directory (None: model's)")
-        name: str = Field("clip", pattern=r"^[A-Za-z0-9_.-]+$",
-                          description="metric prefix (<name>/score ...) and output file prefix; e.g. pickscore")
+        # Not `name`: in a recipe, a component's `name` picks the plugin.
+        prefix: str = Field("clip", pattern=r"^[A-Za-z0-9_.-]+$",
+                            description="metric prefix (<prefix>/score ...) and output file prefix; e.g. pickscore")
         prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1,
                                    description="evaluation prompts")
         prompts_file: PromptsConfig | None = Field(
-            None, description="read the prompts from a file instead (a path, or {path, column, max_count, ...}; "
-                              "a relative path is taken from the working directory)")
+            None, description="when set, the prompts are read from this file instead (a path, or {path, column, "
+                              "max_count, ...}; a relative path is taken from the working directory)")
         images_per_prompt: int = Field(2, ge=1, description="images drawn per prompt, each with its own seed")
         seed: int = Field(1234, description="sampling seed; the same for every method compared")
         batch_size: int = Field(4, ge=1, description="images per sampling call and per CLIP forward")
@@ -73,13 +86,8 @@ class ClipScore(Evaluator):
         @field_validator("prompts_file", mode="before")
         @classmethod
         def _path_alone(cls, value: Any) -> Any:
+            # `prompts_file: eval.txt` is short for `prompts_file: {path: eval.txt}`.
             return {"path": value} if isinstance(value, str) else value
-
-        @model_validator(mode="after")
-        def _one_prompt_source(self) -> "ClipScore.Config":
-            if self.prompts_file is not None and "prompts" in self.model_fields_set:
-                raise ValueError("set prompts or prompts_file, not both")
-            return self
 
     def prompts(self) -> list[str]:
         if self.config.prompts_file is None:
@@ -103,8 +111,8 @@ class ClipScore(Evaluator):
         cfg, run_dir = self.config, Path(run_dir)
         rows = self.rows()
         prompts = [prompt for prompt, _ in rows]
-        # The backbone's device; the model is loaded before sampling so that a wrong
-        # model id fails in seconds rather than after the sampling.
+        # Scored on the backbone's device (the CPU for a backbone without a runtime). CLIP is
+        # loaded first so that a wrong model id fails in seconds, not after the sampling.
         runtime = getattr(backbone, "runtime", None)
         scorer = ClipScorer(cfg.model, cfg.processor, runtime.device if runtime else torch.device("cpu"))
         sources = [STUDENT, REFERENCE] if cfg.compare_reference else [STUDENT]
@@ -113,12 +121,12 @@ class ClipScore(Evaluator):
 
         self._write(run_dir, rows, images, scores)
         student = scores[STUDENT]
-        metrics = {f"{cfg.name}/score": float(student.mean()), f"{cfg.name}/score_std": float(student.std())}
+        metrics = {f"{cfg.prefix}/score": float(student.mean()), f"{cfg.prefix}/score_std": float(student.std())}
         if cfg.compare_reference:
             reference = scores[REFERENCE]
             wins = np.where(student > reference, 1.0, np.where(student == reference, 0.5, 0.0))
-            metrics[f"{cfg.name}/reference_score"] = float(reference.mean())
-            metrics[f"{cfg.name}/win_rate"] = float(wins.mean())
+            metrics[f"{cfg.prefix}/reference_score"] = float(reference.mean())
+            metrics[f"{cfg.prefix}/win_rate"] = float(wins.mean())
         return metrics
 
     def _sample(self, backbone, rows: list[tuple[str, int]], sources: list[str]) -> dict[str, list]:
@@ -127,7 +135,7 @@ class ClipScore(Evaluator):
 
         size = self.config.batch_size
         images: dict[str, list] = {source: [] for source in sources}
-        with tqdm(total=len(rows) * len(sources), unit="image", desc=f"{self.config.name} samples") as bar:
+        with tqdm(total=len(rows) * len(sources), unit="image", desc=f"{self.config.prefix} samples") as bar:
             for start in range(0, len(rows), size):
                 batch = rows[start:start + size]
                 for source in sources:
@@ -137,41 +145,38 @@ class ClipScore(Evaluator):
         return images
 
     def _write(self, run_dir: Path, rows, images: dict[str, list], scores: dict[str, Any]) -> None:
-        name = self.config.name
-        image_dir = run_dir / f"{name}_images"
+        from prefopt_evaluators.clip_scoring import draw_grid
+
+        prefix = self.config.prefix
+        image_dir = run_dir / f"{prefix}_images"
         shutil.rmtree(image_dir, ignore_errors=True)  # a longer earlier run must not leave extra images
         for source, source_images in images.items():
             (image_dir / source).mkdir(parents=True)
             for i, image in enumerate(source_images):
                 image.save(image_dir / source / f"{i}.png")
-        with open(run_dir / f"{name}_scores.csv", "w", newline="") as handle:
+        with open(run_dir / f"{prefix}_scores.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["prompt", "seed", "student_score", "reference_score"])
             for i, (prompt, seed) in enumerate(rows):
                 reference = f"{scores[REFERENCE][i]:.6f}" if REFERENCE in scores else ""
                 writer.writerow([prompt, seed, f"{scores[STUDENT][i]:.6f}", reference])
-        grid = self._first_images(run_dir)
-        if grid is not None:
-            from prefopt_evaluators.clip_scoring import draw_grid
+        first = first_rows([prompt for prompt, _ in rows])
+        grid = {LABELS[s]: [images[s][i] for i in first.values()] for s in (REFERENCE, STUDENT) if s in images}
+        draw_grid(grid, list(first), run_dir / f"{prefix}_samples.png")
 
-            titles, rows_by_label = grid
-            labels = {REFERENCE: "reference", STUDENT: "fine-tuned"}
-            draw_grid({labels[s]: rows_by_label[s] for s in images}, titles, run_dir / f"{name}_samples.png")
-
-    def _first_images(self, run_dir: Path) -> tuple[list[str], dict[str, list]] | None:
-        """(prompts, {source: the first image of each prompt}) read back from a run's outputs; None if absent."""
+    def _read_run(self, run_dir: Path) -> tuple[list[str], dict[str, list]] | None:
+        """(prompts, {source: the first image of each prompt}) from a run's outputs; None if it has none."""
         from PIL import Image
 
-        name = self.config.name
-        table = Path(run_dir) / f"{name}_scores.csv"
+        prefix = self.config.prefix
+        table = Path(run_dir) / f"{prefix}_scores.csv"
         if not table.is_file():
             return None
         with open(table, newline="") as handle:
-            prompts = [row["prompt"] for row in csv.DictReader(handle)]
-        first = {prompt: i for i, prompt in reversed(list(enumerate(prompts)))}  # the lowest row of each prompt
+            first = first_rows([row["prompt"] for row in csv.DictReader(handle)])
         found = {}
         for source in (REFERENCE, STUDENT):
-            source_dir = Path(run_dir) / f"{name}_images" / source
+            source_dir = Path(run_dir) / f"{prefix}_images" / source
             if source_dir.is_dir():
                 found[source] = [Image.open(source_dir / f"{i}.png").convert("RGB") for i in first.values()]
         return list(first), found
@@ -182,13 +187,13 @@ class ClipScore(Evaluator):
 
         titles, grid = None, {}
         for variant, run_dir in runs.items():
-            found = self._first_images(run_dir)
+            found = self._read_run(run_dir)
             if found is None:
                 continue
             prompts, images = found
             titles = titles or prompts
             # Every variant trains from the same reference on the same seeds: its row is drawn once.
-            if REFERENCE in images and "reference" not in grid:
-                grid = {"reference": images[REFERENCE], **grid}
+            if REFERENCE in images and LABELS[REFERENCE] not in grid:
+                grid = {LABELS[REFERENCE]: images[REFERENCE], **grid}
             grid[variant] = images[STUDENT]
         return draw_grid(grid, titles, Path(path)) if grid else None

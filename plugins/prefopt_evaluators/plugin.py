@@ -1,9 +1,10 @@
 """Entry point of prefopt's first-party evaluators."""
 
 from prefopt.hookspecs import hookimpl
+from prefopt_evaluators.clip_score import ClipScore
 from prefopt_evaluators.toy2d import Toy2DModes
 
 
 @hookimpl
 def prefopt_evaluators():
-    return [Toy2DModes]
+    return [Toy2DModes, ClipScore]
