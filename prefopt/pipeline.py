@@ -35,9 +35,9 @@ NON_RESULT_FIELDS = {
     # Only matters once a step is non-finite; switching stop -> skip is how such a run is rescued.
     "train.on_nonfinite", "pretrain.train.on_nonfinite",
 }
-# What a fresh run (or --overwrite) replaces; pairs/ and reference/ are reused when their settings match.
-RUN_OUTPUTS = [RESOLVED, "metrics.jsonl", "checkpoints", "final", "eval.json", "samples.csv", "samples.png",
-               "text_cache"]
+# What --overwrite keeps of a run directory (everything else goes): stages that are
+# reused when their settings match.
+REUSABLE = ("pairs", "reference")
 
 
 # -- accelerate ------------------------------------------------------------------------
@@ -143,11 +143,12 @@ def prepare_run_dir(run_dir: Path, resolved: ResolvedRecipe, resume: bool, overw
     state = process_state()
     state.wait_for_everyone()
     if state.is_main_process:
-        for name in RUN_OUTPUTS:
-            target = run_dir / name
+        for target in run_dir.iterdir():
+            if target.name in REUSABLE:
+                continue
             if target.is_dir():
                 shutil.rmtree(target)
-            elif target.exists():
+            else:
                 target.unlink()
         write_atomic(resolved_path, resolved.to_yaml().encode())
     state.wait_for_everyone()
@@ -327,7 +328,11 @@ def evaluate_with(resolved: ResolvedRecipe, registry, backbone, run_dir: Path) -
         return results
     for i, component in enumerate(resolved.recipe.eval):
         evaluator = registry.get("evaluator", component.name)(resolved.config("eval", i))
-        results.update(evaluator.evaluate(backbone, str(run_dir), resolved.recipe.seed))
+        scores = evaluator.evaluate(backbone, str(run_dir), resolved.recipe.seed)
+        clash = sorted(set(scores) & set(results))
+        if clash:  # e.g. CLIP score and PickScore both under the default prefix
+            raise PrefoptError(f"eval.{i} ({component.name}) reports {clash[0]!r} again; give it another prefix")
+        results.update(scores)
     if resolved.recipe.eval:
         write_atomic(run_dir / "eval.json", (json.dumps(results, indent=1) + "\n").encode())
         for key, value in results.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prefopt.errors import RecipeError
 from prefopt.interfaces import PluginConfig
@@ -115,13 +115,6 @@ class Recipe(Strict):
     train: TrainConfig = TrainConfig()
     eval: list[Component] = Field(default_factory=list)
     compare: CompareConfig | None = None
-
-    @model_validator(mode="after")
-    def _unique_eval(self) -> "Recipe":
-        names = [c.name for c in self.eval]
-        if len(names) != len(set(names)):
-            raise ValueError(f"eval lists an evaluator twice: {names}")
-        return self
 
 
 # Where each component section lives, and which plugin kind it names.

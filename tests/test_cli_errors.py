@@ -102,7 +102,6 @@ CASES = [
     ("bad-choice", with_changes(train={"optimizer": "sgd"}), [], ["train.optimizer", "'sgd'"]),
     ("missing-section", with_changes(objective=None), [], ["objective", "required"]),
     ("component-not-a-section", with_changes(backbone="toy2d"), [], ["backbone", "'toy2d'"]),
-    ("duplicate-evaluator", with_changes(eval=[{"name": "toy2d_modes"}] * 2), [], ["eval lists an evaluator twice"]),
     ("override-names-no-field", BASE, ["train.max_step=3"],
      ["override train.max_step=3 names no field", "did you mean 'max_steps'"]),
     ("override-unknown-plugin-param", BASE, ["objective.bta=5"],

@@ -343,3 +343,19 @@ def test_8bit_adam_on_a_cpu_machine(tmp_path):
     line = one_error(*cli("run", recipe, "train.optimizer=adamw8bit"))
     assert line == "error: train.optimizer=adamw8bit needs a GPU; use adamw or adafactor on a CPU machine"
     assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_replaces_the_run_but_keeps_reusable_stages(tmp_path):
+    recipe = write_toy_recipe(tmp_path, pretrain=True, train={"max_steps": 2})
+    code, err = cli("run", recipe)
+    assert code == 0, err
+    run = tmp_path / "run"
+    (run / "clip_samples.png").write_bytes(b"an evaluator's output")
+    pairs_manifest = (run / "pairs" / "manifest.json").read_text()
+    reference_weights = (run / "reference" / "final" / "denoiser" / "diffusion_pytorch_model.safetensors").stat()
+    code, err = cli("run", recipe, "--overwrite")
+    assert code == 0, err
+    assert not (run / "clip_samples.png").exists()
+    assert (run / "pairs" / "manifest.json").read_text() == pairs_manifest
+    again = (run / "reference" / "final" / "denoiser" / "diffusion_pytorch_model.safetensors").stat()
+    assert again.st_mtime_ns == reference_weights.st_mtime_ns  # reused, not retrained

@@ -26,7 +26,7 @@ class ClipScorer:
         from transformers import CLIPModel, CLIPProcessor
 
         self.device = device
-        # fp32 whatever dtype the checkpoint was saved in: scores are compared across runs to a few decimals.
+        # fp32 whatever dtype the checkpoint holds: runs are told apart by differences of a fraction of a point.
         self.model = CLIPModel.from_pretrained(model).to(device=device, dtype=torch.float32).eval()
         self.processor = CLIPProcessor.from_pretrained(processor or model)
 
@@ -49,7 +49,8 @@ class ClipScorer:
         """One score per (image, prompt) row."""
         unique = list(dict.fromkeys(prompts))  # each prompt is embedded once, however many images it has
         text = torch.cat([self._text_features(unique[i:i + batch_size]) for i in range(0, len(unique), batch_size)])
-        row_text = text[[unique.index(p) for p in prompts]]
+        position = {prompt: i for i, prompt in enumerate(unique)}
+        row_text = text[[position[prompt] for prompt in prompts]]
         image = torch.cat([self._image_features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
         cosine = (image * row_text).sum(dim=-1)
         return (scale * cosine.clamp(min=0)).cpu().tolist()
