@@ -1,6 +1,7 @@
 """Shared test settings."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +17,40 @@ def one_torch_thread_per_process():
 
     torch.set_num_threads(1)
     yield
+
+
+# Tiny random pipelines of the real diffusers classes, saved once per session
+# (tests/tiny_models.py builds them; no downloads).
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    from tiny_models import build_sd
+
+    return build_sd(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_v(tmp_path_factory) -> Path:
+    from tiny_models import build_sd
+
+    return build_sd(tmp_path_factory.mktemp("tiny-sd-v"), prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_pixel(tmp_path_factory) -> Path:
+    from tiny_models import build_sd
+
+    return build_sd(tmp_path_factory.mktemp("tiny-sd-pixel"), pixel=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    from tiny_models import build_sdxl
+
+    return build_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sana(tmp_path_factory) -> Path:
+    from tiny_models import build_sana
+
+    return build_sana(tmp_path_factory.mktemp("tiny-sana"))

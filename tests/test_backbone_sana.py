@@ -7,14 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_models import (  # noqa: F401  (fixtures)
+from tiny_models import (
     PROMPTS,
     SANA_RESOLUTION,
     check_reference_is_frozen,
     check_training_step,
     load_backbone,
     objective,
-    tiny_sana,
     train_steps,
 )
 

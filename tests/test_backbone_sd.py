@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from tiny_models import (  # noqa: F401  (fixtures)
+from tiny_models import (
     PROMPTS,
     SD_RESOLUTION,
     check_reference_is_frozen,
@@ -18,9 +18,6 @@ from tiny_models import (  # noqa: F401  (fixtures)
     objective,
     pair_batch,
     probe,
-    tiny_sd,
-    tiny_sd_pixel,
-    tiny_sd_v,
     train_steps,
 )
 

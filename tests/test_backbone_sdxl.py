@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import (  # noqa: F401  (fixtures)
+from tiny_models import (
     PROMPTS,
     SD_RESOLUTION,
     check_reference_is_frozen,
     check_training_step,
     load_backbone,
     objective,
-    tiny_sdxl,
     train_steps,
 )
 

@@ -12,7 +12,7 @@ import yaml
 from fixtures.dists import REPO_ROOT, run_cli
 from PIL import Image
 from pydantic import ValidationError
-from tiny_models import CLIP_MAX_LENGTH, PROMPTS, _clip_tokenizer, load_backbone, tiny_sd  # noqa: F401  (fixture)
+from tiny_models import CLIP_MAX_LENGTH, PROMPTS, _clip_tokenizer, load_backbone
 
 from prefopt.interfaces import STUDENT
 from prefopt_backbones.sd import SDBackbone

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import load_backbone, objective, pair_batch, tiny_sd  # noqa: F401
+from tiny_models import load_backbone, objective, pair_batch
 
 from prefopt.engine.step import FusedStep, PairBatch
 from prefopt_backbones.sd import SDBackbone

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 import yaml
-from tiny_models import SD_RESOLUTION, tiny_sd  # noqa: F401  (fixtures)
+from tiny_models import SD_RESOLUTION
 
 from prefopt.pipeline import run_recipe, show_pairs
 from prefopt.recipe import load_recipe

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 from helpers import tiny_toy_recipe
-from tiny_models import NEGATIVES, PROMPTS, load_backbone, objective, pair_batch, tiny_sana, tiny_sd  # noqa: F401
+from tiny_models import NEGATIVES, PROMPTS, load_backbone, objective, pair_batch
 
 from prefopt.engine.step import FusedStep
 from prefopt.engine.text_cache import TextCache

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pytest
 import torch
 
 WORDS = (
@@ -312,28 +311,3 @@ def check_reference_is_frozen(backbone) -> None:
     out = backbone.predict(x, t, backbone.encode_prompts(PROMPTS[:2]), "reference")
     assert not out.requires_grad
     assert [p for p in backbone.trainable_module().parameters() if p.requires_grad] == trainable
-
-
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    return build_sd(tmp_path_factory.mktemp("tiny-sd"))
-
-
-@pytest.fixture(scope="session")
-def tiny_sd_v(tmp_path_factory) -> Path:
-    return build_sd(tmp_path_factory.mktemp("tiny-sd-v"), prediction_type="v_prediction")
-
-
-@pytest.fixture(scope="session")
-def tiny_sd_pixel(tmp_path_factory) -> Path:
-    return build_sd(tmp_path_factory.mktemp("tiny-sd-pixel"), pixel=True)
-
-
-@pytest.fixture(scope="session")
-def tiny_sdxl(tmp_path_factory) -> Path:
-    return build_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
-
-
-@pytest.fixture(scope="session")
-def tiny_sana(tmp_path_factory) -> Path:
-    return build_sana(tmp_path_factory.mktemp("tiny-sana"))
