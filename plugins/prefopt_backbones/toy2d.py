@@ -108,7 +108,8 @@ class Toy2DBackbone(Backbone):
         return torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=generator)
 
     def t_fraction(self, t):
-        return t.float() / self.scheduler.config.num_train_timesteps
+        # DDPM timesteps run 0 .. T-1, so t/(T-1) spans [0, 1] (as the `sd` backbone does).
+        return t.float() / (self.scheduler.config.num_train_timesteps - 1)
 
     def add_noise(self, x0, noise, t):
         return self.scheduler.add_noise(x0, noise, t)
