@@ -132,6 +132,10 @@ def prepare_run_dir(run_dir: Path, resolved: ResolvedRecipe, resume: bool, overw
         return
     if resolved_path.exists() and not overwrite:
         raise PrefoptError(f"{run_dir} already holds a run; pass --overwrite to replace it or --resume to continue it")
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in REUSABLE) if run_dir.is_dir() else []
+    if foreign and not overwrite:  # never delete what a user put there without being asked
+        raise PrefoptError(f"output_dir {run_dir} is not empty (it holds {foreign[0]!r}); "
+                           "pass --overwrite to clear it or choose another output_dir")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -369,7 +373,7 @@ def build_pairs_for(resolved: ResolvedRecipe, registry) -> Path:
     backbone.load(runtime_for(accelerator, train=False), {})
     directory = Path(recipe.pairs.dir or run_dir / "pairs")
     build_pairs(recipe.pairs, resolved.config("pairs", "source"), registry, backbone, directory, recipe.seed,
-                accelerator, Path(resolved.source).parent)
+                accelerator, Path(resolved.source).parent, replace_stale=recipe.pairs.dir is None)
     if accelerator.is_main_process:
         print(f"pair dataset ready: {directory}")
     return directory

@@ -359,3 +359,14 @@ def test_overwrite_replaces_the_run_but_keeps_reusable_stages(tmp_path):
     assert (run / "pairs" / "manifest.json").read_text() == pairs_manifest
     again = (run / "reference" / "final" / "denoiser" / "diffusion_pytorch_model.safetensors").stat()
     assert again.st_mtime_ns == reference_weights.st_mtime_ns  # reused, not retrained
+
+
+def test_a_fresh_run_never_clears_a_directory_it_did_not_make(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "my_notes.txt").write_text("a user's file")
+    recipe = write_toy_recipe(tmp_path, train={"max_steps": 2})
+    line = one_error(*cli("run", recipe))
+    assert line == (f"error: output_dir {run} is not empty (it holds 'my_notes.txt'); "
+                    "pass --overwrite to clear it or choose another output_dir")
+    assert (run / "my_notes.txt").read_text() == "a user's file"
