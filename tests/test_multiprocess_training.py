@@ -11,7 +11,8 @@ computed, and production code has no test hooks.
 Run A goes 6 steps uninterrupted. Runs that are killed (SIGKILL to the
 launcher and both workers) or stopped (SIGTERM to one worker only) and then
 resumed over two processes must end with A's weights, bit for bit, and A's
-metrics, each step logged once.
+metrics, each step logged once. SIGTERM to the launcher (what a scheduler
+sends) must stop both workers after the same step with one whole checkpoint.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ import prefopt_objectives.losses as losses
 baseline = losses.kto_kl_baseline
 def recording_baseline(g, reduce_mean):
     kl = baseline(g, reduce_mean)
-    log.write(json.dumps({"event": "kl", **current, "local": g.detach().mean().item(), "kl": kl.item()}) + "\n")
+    event = {"event": "kl", **current, "local": g.detach().mean().item(), "kl": kl.item()}
+    log.write(json.dumps(event) + "\n")
     return kl
 losses.kto_kl_baseline = recording_baseline
 
@@ -142,7 +144,8 @@ class Launch:
         deadline = time.monotonic() + timeout
         while not condition():
             if self.proc.poll() is not None:
-                pytest.fail(f"the launch exited ({self.proc.returncode}) before {what}:\n{self.stderr()[-3000:]}")
+                pytest.fail(f"the launch exited ({self.proc.returncode}) before {what}:\n"
+                            f"{self.stderr()[-3000:]}")
             if time.monotonic() > deadline:
                 self.kill_all()
                 pytest.fail(f"timed out waiting for {what}:\n{self.stderr()[-3000:]}")
@@ -416,9 +419,10 @@ def assert_stopped_whole(run_dir: Path, launch: Launch) -> tuple[int, list[str]]
     _, step, named = messages[0]
     assert 3 < step <= STEPS
     for rank in (0, 1):  # what each process trained: steps 1..step, no further
-        trained = [e["step"] for e in launch.events(rank) if e["event"] == "take" and e["stage"] == "diffusion_kto"]
+        trained = [e["step"] for e in launch.events(rank) if e["event"] == "take" and e["stage"] != "denoise"]
         assert trained == list(range(step)), rank
-    codes = [(launch.dir / f"exit-{rank}").read_text() for rank in (0, 1) if (launch.dir / f"exit-{rank}").exists()]
+    exits = [launch.dir / f"exit-{rank}" for rank in (0, 1)]
+    codes = [path.read_text() for path in exits if path.exists()]
     assert codes and set(codes) == {"143"}, codes  # RunStopped, after the checkpoint
     assert named == run_dir / "checkpoints" / f"step-{step:08d}"
     assert [p.name for p in checkpoints(run_dir)] == ["step-00000003", named.name]
@@ -441,10 +445,11 @@ def test_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_path, launches
     stopped = launches("stopped", recipe, delay=0.3)
     stopped.wait_for(lambda: checkpoints(run_dir) and len(stopped.worker_pids()) == 2, "checkpoint step 3")
     os.kill(stopped.worker_pids()[1], signal.SIGTERM)
-    assert stopped.wait() != 0  # torchrun reports the workers' exit code 143 as a failure
+    assert stopped.wait(60) != 0  # torchrun reports the workers' exit code 143 as a failure
     step, who = assert_stopped_whole(run_dir, stopped)
-    # Process 1 names its signal, process 0 the all-reduced flag (one line may be lost, see above).
-    assert who in (["SIGTERM", "a signal to another process"], ["SIGTERM"], ["a signal to another process"])
+    # Process 1 names its signal, process 0 (never signalled by the test) the all-reduced flag;
+    # the proof that both stopped together is what each trained, checked above.
+    assert set(who) <= {"SIGTERM", "a signal to another process"}
 
     resumed = launches("resumed", recipe, "--resume")
     resumed.finished()
