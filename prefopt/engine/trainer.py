@@ -174,6 +174,8 @@ def train(
             began = time.perf_counter()
             metrics, loss_ok = _accumulate(step_fn, dataset, sampler, cfg, step, seed, rank, world,
                                            accelerator, module, reduce_mean)
+            if world > 1:
+                metrics = _mean_over_processes(metrics, loss_ok, accelerator)
             # With more processes every one computes the norm (a collective under FSDP).
             grad_norm = (_grad_norm(accelerator, params, cfg.max_grad_norm) if loss_ok or world > 1
                          else torch.tensor(float("nan")))
@@ -248,6 +250,20 @@ def _accumulate(step_fn, dataset, sampler, cfg, step, seed, rank, world, acceler
     if not loss_ok:
         sums.setdefault("loss", float("nan"))
     return sums, loss_ok
+
+
+def _mean_over_processes(metrics: dict[str, float], loss_ok: bool, accelerator) -> dict[str, float]:
+    """Logged metrics as the mean over all processes' batches, not process 0's alone.
+
+    Only when every process had a finite loss: then all hold the same keys (one
+    objective, one code path), so the collectives line up.
+    """
+    all_ok = accelerator.reduce(torch.tensor([float(loss_ok)], device=accelerator.device), reduction="sum")
+    if all_ok.item() < accelerator.num_processes:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(keys, accelerator.reduce(values, reduction="mean").tolist()))
 
 
 def _grad_norm(accelerator, params, max_norm: float | None) -> torch.Tensor:
