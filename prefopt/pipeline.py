@@ -320,6 +320,8 @@ def run_recipe(resolved: ResolvedRecipe, registry: PluginRegistry, resume: str |
     results = evaluate_with(resolved, registry, backbone, run_dir)
     if process_state().is_main_process:
         print(f"run finished: {run_dir / 'final'}")
+        for figure in sorted(run_dir.glob("*.png")):
+            print(f"  figure: {figure}")
     return results
 
 
