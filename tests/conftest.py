@@ -54,3 +54,10 @@ def tiny_sana(tmp_path_factory) -> Path:
     from tiny_models import build_sana
 
     return build_sana(tmp_path_factory.mktemp("tiny-sana"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    from tiny_models import build_clip
+
+    return build_clip(tmp_path_factory.mktemp("tiny-clip"))

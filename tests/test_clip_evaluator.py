@@ -12,45 +12,13 @@ import yaml
 from fixtures.dists import REPO_ROOT, run_cli
 from PIL import Image
 from pydantic import ValidationError
-from tiny_models import CLIP_MAX_LENGTH, PROMPTS, _clip_tokenizer, load_backbone
+from tiny_models import PROMPTS, load_backbone
 
 from prefopt.interfaces import STUDENT
 from prefopt_backbones.sd import SDBackbone
 from prefopt_evaluators.clip_score import ClipScore
 
 KEYS = {"clip/score", "clip/score_std", "clip/reference_score", "clip/win_rate"}
-IMAGE_SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A random CLIPModel and its CLIPProcessor, saved as a hub model would be."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    directory = tmp_path_factory.mktemp("tiny-clip")
-    tokenizer = _clip_tokenizer()
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=CLIP_MAX_LENGTH,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=16, intermediate_size=32,
-                           num_hidden_layers=2, num_attention_heads=2),
-        projection_dim=8,
-    ))
-    # Random embeddings point anywhere, and a score clamps negative cosines to 0. A component
-    # shared by every image and text embedding (the final norms' bias, carried by one row of each
-    # projection) keeps every cosine positive, so that the scores still differ.
-    with torch.no_grad():
-        for norm, projection in ((model.vision_model.post_layernorm, model.visual_projection),
-                                 (model.text_model.final_layer_norm, model.text_projection)):
-            norm.bias.fill_(1.0)
-            projection.weight[0] += 1.0
-    model.save_pretrained(directory)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

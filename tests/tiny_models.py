@@ -311,3 +311,35 @@ def check_reference_is_frozen(backbone) -> None:
     out = backbone.predict(x, t, backbone.encode_prompts(PROMPTS[:2]), "reference")
     assert not out.requires_grad
     assert [p for p in backbone.trainable_module().parameters() if p.requires_grad] == trainable
+
+
+CLIP_IMAGE_SIZE = 32
+
+
+def build_clip(directory: Path) -> Path:
+    """A random CLIPModel and its CLIPProcessor, saved as a hub model would be."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = _clip_tokenizer()
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=CLIP_MAX_LENGTH,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(image_size=CLIP_IMAGE_SIZE, patch_size=8, hidden_size=16, intermediate_size=32,
+                           num_hidden_layers=2, num_attention_heads=2),
+        projection_dim=8,
+    ))
+    # Random embeddings point anywhere, and a score clamps negative cosines to 0. A component
+    # shared by every image and text embedding (the final norms' bias, carried by one row of each
+    # projection) keeps every cosine positive, so that the scores still differ.
+    with torch.no_grad():
+        for norm, projection in ((model.vision_model.post_layernorm, model.visual_projection),
+                                 (model.text_model.final_layer_norm, model.text_projection)):
+            norm.bias.fill_(1.0)
+            projection.weight[0] += 1.0
+    model.save_pretrained(directory)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": CLIP_IMAGE_SIZE},
+                                         crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory
