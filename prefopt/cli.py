@@ -145,15 +145,21 @@ def pairs_build(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Overr
 @pairs_app.command("show")
 def pairs_show(
     directory: Path = typer.Argument(..., help="pair dataset directory"),
-    recipe: Path = typer.Option(..., "--recipe", help="recipe whose backbone decodes the pairs"),
+    recipe: Optional[Path] = typer.Option(
+        None, "--recipe", help="recipe whose backbone decodes the pairs (default: the one that built them)"
+    ),
     count: int = typer.Option(8, help="pairs to show"),
     output: Optional[Path] = typer.Option(None, help="PNG path (default: DIR/pairs.png)"),
 ) -> None:
     """Write a PNG grid of decoded pairs with their prompts."""
-    from prefopt.pipeline import show_pairs
+    from prefopt.pipeline import backbone_that_made, show_pairs
 
-    registry, resolved = _load(recipe, [])
-    path = show_pairs(resolved, registry, directory, count=count, output=output)
+    if recipe is None:
+        backbone = backbone_that_made(directory, _registry())
+    else:
+        registry, resolved = _load(recipe, [])
+        backbone = registry.get("backbone", resolved.recipe.backbone.name)(resolved.config("backbone"))
+    path = show_pairs(backbone, directory, count=count, output=output)
     typer.echo(f"wrote {path}")
 
 

@@ -402,7 +402,19 @@ def print_plan(resolved: ResolvedRecipe, registry) -> None:
     print(yaml.safe_dump({"plan": plan}, sort_keys=False), end="")
 
 
-def show_pairs(resolved: ResolvedRecipe, registry, directory: Path, count: int = 8, output: Path | None = None) -> Path:
+def backbone_that_made(directory: Path, registry):
+    """The backbone a pair dataset was built with, from its backbone.json."""
+    from prefopt.data.pairset import MADE_WITH
+
+    path = Path(directory) / MADE_WITH
+    if not path.is_file():
+        raise DataError(f"{directory} has no {MADE_WITH}; pass --recipe to say which backbone decodes it")
+    made_with = json.loads(path.read_text())
+    cls = registry.get("backbone", made_with["backbone"], where=str(path))
+    return cls(cls.Config.model_validate(made_with["config"]))
+
+
+def show_pairs(backbone, directory: Path, count: int = 8, output: Path | None = None) -> Path:
     """``prefopt pairs show``: a PNG grid of decoded pairs with their prompts."""
     import matplotlib
 
@@ -411,8 +423,7 @@ def show_pairs(resolved: ResolvedRecipe, registry, directory: Path, count: int =
 
     from prefopt.data.pairset import PairDataset
 
-    accelerator = make_accelerator(resolved.recipe.train)
-    backbone = registry.get("backbone", resolved.recipe.backbone.name)(resolved.config("backbone"))
+    accelerator = make_accelerator(TrainConfig())
     backbone.load(runtime_for(accelerator, train=False), {})
     dataset = PairDataset(directory, identity=backbone.identity())
     n = min(count, len(dataset))

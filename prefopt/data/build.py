@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prefopt.data.pairset import (
+    MADE_WITH,
     FORMAT_VERSION,
     MANIFEST,
     METADATA,
@@ -168,6 +169,11 @@ def build_pair_dataset(
     if process_index == 0:
         with _writing(directory):
             _prepare_directory(directory, header)
+            # Which backbone made the latents, with its settings: enough to decode them later
+            # (`prefopt pairs show DIR`) without the recipe. Paths in it may differ between
+            # machines, so it is kept out of the manifest that builds are compared by.
+            write_json_atomic(directory / MADE_WITH, {"backbone": backbone.name,
+                                                       "config": backbone.config.model_dump(mode="json")})
     wait_for_everyone()
 
     mine = [k for k in range(num_shards) if k % num_processes == process_index]

@@ -4,6 +4,7 @@ Layout of a pair dataset directory::
 
     manifest.json            backbone identity, pair-source settings, shard size,
                              and "complete" once every shard is written
+    backbone.json            the backbone plugin and settings that made the latents
     shards/shard-00012.safetensors   x0_w, x0_l for up to shard_size rows
     shards/shard-00012.json          its rows (prompt, negative, seed, loser_from)
                                      and the sha256 of the tensor file
@@ -29,6 +30,7 @@ from prefopt.errors import DataError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MADE_WITH = "backbone.json"
 METADATA = "metadata.jsonl"
 
 
