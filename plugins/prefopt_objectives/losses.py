@@ -4,7 +4,7 @@ Equation numbers are those of the DDSPO paper (docs/objectives.md restates
 them): Eq. 4 is Diffusion-DPO, Eq. 6 is DDSPO with given winning/losing
 targets, Eq. 7 is DDSPO with targets from the reference on c and c-.
 
-Conventions (DESIGN.md):
+Conventions (docs/objectives.md):
 
 * a per-sample squared error is the mean over all non-batch dims;
 * Δ = (student_w − ref_w) − (student_l − ref_l) per pair, from those errors;
