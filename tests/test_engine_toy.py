@@ -121,3 +121,18 @@ def test_epoch_sampler_is_a_function_of_position():
     first = a.take(0, 25)
     assert sorted(first[:10]) == list(range(10))  # each epoch is a permutation
     assert b.take(13, 7) == first[13:20]  # any position, no history needed (resume)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_each_cpu_optimizer_trains(registry, optimizer):
+    from prefopt.engine.trainer import make_optimizer
+    from prefopt.recipe import TrainConfig
+
+    backbone = toy_backbone(registry)
+    params = list(backbone.trainable_parameters())
+    before = [p.detach().clone() for p in params]
+    opt = make_optimizer(TrainConfig(optimizer=optimizer), params, lr=1e-3)
+    out = FusedStep(backbone, objective(registry, "denoise"))(batch(), step_generator(0, 0, 0, 0), torch.device("cpu"))
+    out.loss.backward()
+    opt.step()
+    assert all(not torch.equal(p, b) for p, b in zip(params, before))
