@@ -68,3 +68,23 @@ def test_run_builds_pairs_trains_and_saves_a_loadable_pipeline(tmp_path, tiny_sd
     code, err = cli("pairs", "show", run / "pairs", "--count", "2")
     assert code == 0, err
     assert (run / "pairs" / "pairs.png").stat().st_size > 0
+
+
+def test_unpaired_pairs_reuse_another_prompts_positive(tmp_path, tiny_sd):
+    """Paper Table 3b "not-paired": no negative image is generated; x0^l is another row's x0^w."""
+    from prefopt.data.pairset import PairDataset
+
+    registry = PluginRegistry()
+    path = write_recipe(tmp_path, tiny_sd, "lora")
+    data = yaml.safe_load(path.read_text())
+    data["pairs"]["source"] = {"name": "not_paired"}
+    path.write_text(yaml.safe_dump(data))
+    run_recipe(load_recipe(path, registry), registry)
+
+    dataset = PairDataset(tmp_path / "run" / "pairs")
+    assert all(row["loser_from"] not in (None, row["index"]) for row in dataset.rows)
+    x0_w, x0_l, prompts, negatives = dataset.batch(range(len(dataset)))
+    for i, row in enumerate(dataset.rows):
+        assert torch.equal(x0_l[i], x0_w[row["loser_from"]])
+        assert set(negatives[i].split()) < set(prompts[i].split())  # c- is this prompt, degraded
+    assert (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
