@@ -86,3 +86,19 @@ def write_toy_recipe(directory: Path, output_dir: Path | None = None, name: str 
     data = tiny_toy_recipe(output_dir or directory / "run", **recipe)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+# Boot-script lines for subprocess tests (`os` and `time` imported before them): with
+# TEST_STEP_DELAY=seconds, every preference step sleeps first, so that a signal or a
+# kill lands mid-training; the pretraining stage keeps its speed. Nothing computed changes.
+SLOW_PREFERENCE_STEPS = r"""
+delay = float(os.environ.get("TEST_STEP_DELAY", "0"))
+if delay:  # slower preference steps (the pretraining stage keeps its speed)
+    import prefopt.engine.step as step
+    call = step.FusedStep.__call__
+    def slow(self, *args, **kwargs):
+        if self.objective.name != "denoise":
+            time.sleep(delay)
+        return call(self, *args, **kwargs)
+    step.FusedStep.__call__ = slow
+"""

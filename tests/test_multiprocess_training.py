@@ -32,7 +32,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import write_toy_recipe
+from helpers import SLOW_PREFERENCE_STEPS, write_toy_recipe
 
 # Started by `accelerate launch ... boot.py run RECIPE ...` in every worker.
 BOOT = r"""
@@ -67,15 +67,7 @@ def recording_baseline(g, reduce_mean):
     return kl
 losses.kto_kl_baseline = recording_baseline
 
-delay = float(os.environ.get("TEST_STEP_DELAY", "0"))
-if delay:  # slower preference steps (the pretraining stage keeps its speed)
-    import prefopt.engine.step as step
-    call = step.FusedStep.__call__
-    def slow(self, *args, **kwargs):
-        if self.objective.name != "denoise":
-            time.sleep(delay)
-        return call(self, *args, **kwargs)
-    step.FusedStep.__call__ = slow
+""" + SLOW_PREFERENCE_STEPS + r"""
 sys.argv = ["prefopt"] + sys.argv[1:]
 from prefopt.cli import main
 code = "crashed"

@@ -26,22 +26,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import cli, write_toy_recipe
+from helpers import SLOW_PREFERENCE_STEPS, cli, write_toy_recipe
 
 FINAL = Path("final", "denoiser", "diffusion_pytorch_model.safetensors")
 
 # Started as `python -c BOOT run RECIPE ...`: optional slow-down / park, then the real CLI.
 BOOT = r"""
 import os, sys, time
-delay = float(os.environ.get("TEST_STEP_DELAY", "0"))
-if delay:  # slower preference steps (the pretraining stage keeps its speed)
-    import prefopt.engine.step as step
-    call = step.FusedStep.__call__
-    def slow(self, *args, **kwargs):
-        if self.objective.name != "denoise":
-            time.sleep(delay)
-        return call(self, *args, **kwargs)
-    step.FusedStep.__call__ = slow
+""" + SLOW_PREFERENCE_STEPS + r"""
 hang = os.environ.get("TEST_HANG_IN")
 if hang:  # park inside the save of one checkpoint so that a SIGKILL lands there
     where = os.environ["TEST_HANG_TMP"]
