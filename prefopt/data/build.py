@@ -62,28 +62,21 @@ def _shard_tensors(backbone: Backbone, pairs: Sequence[PromptPair], sample_batch
 
     n = len(pairs)
     winners: list = [None] * n
-    losers: list = [None] * n
-    to_sample: list[tuple[int, str, str]] = []  # (row, "w"/"l", prompt)
-    for i, pair in enumerate(pairs):
-        if pair.winner is not None:
-            winners[i] = pair.winner
-        else:
-            to_sample.append((i, "w", pair.prompt))
-        if pair.loser_from is not None:
-            losers[i] = None  # resolved by the reader from the named row's winner
-        elif pair.loser is not None:
-            losers[i] = pair.loser
-        else:
-            to_sample.append((i, "l", pair.negative))
+    losers: list = [None] * n  # stays None where the loser is another row's winner (loser_from)
 
-    given_w = [i for i in range(n) if pairs[i].winner is not None]
-    given_l = [i for i in range(n) if pairs[i].loser is not None and pairs[i].loser_from is None]
-    if given_w:
-        for i, x in zip(given_w, backbone.encode_data([pairs[i].winner for i in given_w])):
-            winners[i] = x
-    if given_l:
-        for i, x in zip(given_l, backbone.encode_data([pairs[i].loser for i in given_l])):
-            losers[i] = x
+    def encode_given(side: str, column: list, rows: list[int]) -> None:
+        if rows:
+            for i, x in zip(rows, backbone.encode_data([getattr(pairs[i], side) for i in rows])):
+                column[i] = x
+
+    encode_given("winner", winners, [i for i, p in enumerate(pairs) if p.winner is not None])
+    encode_given("loser", losers, [i for i, p in enumerate(pairs) if p.loser is not None and p.loser_from is None])
+    to_sample: list[tuple[int, str, str]] = []  # (row, "w"/"l", prompt); c and c- of a row side by side
+    for i, pair in enumerate(pairs):
+        if pair.winner is None:
+            to_sample.append((i, "w", pair.prompt))
+        if pair.loser is None and pair.loser_from is None:
+            to_sample.append((i, "l", pair.negative))
     if to_sample:
         sampled = _sample_in_chunks(
             backbone,

@@ -106,7 +106,8 @@ def read_shard_info(directory: Path, index: int) -> ShardInfo | None:
 class PairDataset:
     """Reads a complete pair dataset lazily, shard by shard, verifying checksums."""
 
-    def __init__(self, directory: str | Path, identity: dict[str, Any] | None = None, open_shards: int = 64):
+    def __init__(self, directory: str | Path, identity: dict[str, Any] | None = None,
+                 cache_bytes: int = 1 << 30):
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
         if not self.manifest.get("complete"):
@@ -124,20 +125,20 @@ class PairDataset:
             self.shards.append(info)
         self.rows = [row for shard in self.shards for row in shard.rows]
         self._location = [(s.index, i) for s in self.shards for i in range(len(s.rows))]
-        # Open shards are memory-mapped and read row by row, so a random batch over
-        # many shards reads only its rows; each shard's checksum is verified once.
-        self._open: OrderedDict[int, Any] = OrderedDict()
+        # Shards are loaded whole and kept in a cache bounded in bytes, so the rows of a
+        # batch are plain indexing; each shard's checksum is verified once, not per load.
+        self._cache: OrderedDict[int, dict] = OrderedDict()
+        self._cache_bytes = cache_bytes
         self._verified: set[int] = set()
-        self._open_limit = open_shards
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _shard(self, shard_index: int):
-        if shard_index in self._open:
-            self._open.move_to_end(shard_index)
-            return self._open[shard_index]
-        from safetensors import safe_open
+    def _tensors(self, shard_index: int) -> dict:
+        if shard_index in self._cache:
+            self._cache.move_to_end(shard_index)
+            return self._cache[shard_index]
+        from safetensors.torch import load_file
 
         path = self.directory / "shards" / f"{shard_stem(shard_index)}.safetensors"
         if not path.is_file():
@@ -147,17 +148,19 @@ class PairDataset:
                 raise DataError(f"pair dataset {self.directory}: {path.name} is corrupt (checksum mismatch); rebuild it")
             self._verified.add(shard_index)
         try:
-            handle = safe_open(str(path), framework="pt")
+            tensors = load_file(str(path))
         except Exception as exc:
             raise DataError(f"pair dataset {self.directory}: cannot read {path.name}: {exc}") from None
-        self._open[shard_index] = handle
-        if len(self._open) > self._open_limit:
-            self._open.popitem(last=False)
-        return handle
+        self._cache[shard_index] = tensors
+        while len(self._cache) > 1 and sum(
+            t.numel() * t.element_size() for shard in self._cache.values() for t in shard.values()
+        ) > self._cache_bytes:
+            self._cache.popitem(last=False)
+        return tensors
 
     def _row(self, row_index: int, key: str):
         shard_index, offset = self._location[row_index]
-        return self._shard(shard_index).get_slice(key)[offset:offset + 1][0]
+        return self._tensors(shard_index)[key][offset]
 
     def _winner(self, row_index: int):
         return self._row(row_index, "x0_w")
