@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import types
 
 import pytest
 import torch
-from helpers import tiny_toy_recipe
+from helpers import metric_rows, tiny_toy_recipe
 from tiny_models import NEGATIVES, PROMPTS, load_backbone, objective, pair_batch
 
 from prefopt.engine.step import FusedStep
@@ -67,6 +66,19 @@ def test_a_run_with_text_cache_trains_like_one_without(tmp_path):
         data = tiny_toy_recipe(tmp_path / str(cached), train={"max_steps": 5, "text_cache": cached,
                                                               "checkpoint_every": 0})
         run_recipe(resolve(data, registry), registry)
-        losses[cached] = [json.loads(line)["loss"] for line in open(tmp_path / str(cached) / "metrics.jsonl")]
-    assert (tmp_path / "True" / "text_cache" / "index.json").is_file()
+        losses[cached] = [row["loss"] for row in metric_rows(tmp_path / str(cached))]
+    assert len(list((tmp_path / "True" / "text_cache").glob("*/index.json"))) == 1
     assert losses[True] == losses[False]
+
+
+def test_another_prompt_set_never_reads_parts_built_for_the_first(tmp_path):
+    from prefopt.interfaces import Runtime
+    from prefopt.registry import PluginRegistry
+
+    cls = PluginRegistry().get("backbone", "toy2d")
+    toy = cls(cls.Config(num_conditions=4, hidden=8, layers=1))
+    toy.load(Runtime(device=torch.device("cpu"), dtype=torch.float32))
+    TextCache.build(tmp_path, toy, ["0", "1"], 8, single_process())
+    other = TextCache.build(tmp_path, toy, ["2", "3"], 8, single_process())
+    assert torch.equal(other.encode(["3", "2"])["condition"], torch.tensor([3, 2]))
+

@@ -9,6 +9,7 @@ is ~1.2 TFLOP per prompt saved each time a prompt is seen again).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -41,8 +42,11 @@ class TextCache:
         from safetensors.torch import save
         from tqdm.auto import tqdm
 
-        directory = Path(directory)
         prompts = sorted(set(prompts))  # order-free, so every process agrees on the parts
+        # One subdirectory per prompt set: parts left by a build for other prompts
+        # (a changed dataset, a killed build) can never be taken for these.
+        digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
+        directory = Path(directory) / digest
         index_path = directory / INDEX
         if index_path.is_file() and json.loads(index_path.read_text())["prompts"] == prompts:
             return cls(directory, accelerator.device)
