@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+# helpers.py holds assertions shared by the tests: rewrite them as in a test module, so that a
+# failure shows the values compared (this must come before any test module imports helpers).
+pytest.register_assert_rewrite("helpers")
+
 # Tiny models: thread hand-offs cost far more than the maths on a busy 2-core
 # machine (a tiny conv: 0.1 ms on one thread, 20+ ms on two). Subprocesses that
 # tests start inherit the environment variable.

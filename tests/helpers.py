@@ -1,4 +1,5 @@
-"""Helpers shared by the CLI tests: ``prefopt`` run in this process, and the tiny toy recipe they run.
+"""Helpers shared by the CLI tests: ``prefopt`` run in this process, the tiny toy recipe they run,
+and the checks they make of what a run wrote (weights, checkpoints, metrics, error lines).
 
 (``fixtures.dists.run_cli`` is the other way: a fresh interpreter, for what only
 a new process shows, such as which libraries the CLI imports.)
@@ -9,12 +10,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
+import os
+import socket
 import sys
 from pathlib import Path
 
+import torch
 import yaml
+from safetensors.torch import load_file
 
 import prefopt.cli
+
+# The final weights of a run (or of its reference stage), relative to its directory.
+FINAL = Path("final", "denoiser", "diffusion_pytorch_model.safetensors")
+
+# The environment of `prefopt` subprocesses: one thread, unbuffered output, no plugins autoloaded.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PREFOPT_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
 def cli_outputs(*args) -> tuple[int, str, str]:
@@ -39,6 +51,58 @@ def cli(*args) -> tuple[int, str]:
     """``prefopt ARGS`` in this process: (exit code, stderr)."""
     code, _, err = cli_outputs(*args)
     return code, err
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ``error: ...`` lines of a command's stderr."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_process_launch(*args: str) -> list[str]:
+    """The command line of ``accelerate launch`` with two processes on this machine, running ``args``."""
+    # On a machine without a GPU, `--cpu` alone would start one process (it needs mpirun for more);
+    # torchrun-style processes (`--multi_gpu`) become a gloo group since prefopt asks for the CPU.
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()), *args]
+
+
+# ------------------------------------------------------------------- what a run wrote
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    """The rows of ``run_dir/metrics.jsonl``, in order."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's ``checkpoints/step-*`` directories, oldest first (temporary ``.tmp-step-*`` ones are not)."""
+    root = run_dir / "checkpoints"
+    return sorted(root.glob("step-*")) if root.is_dir() else []
+
+
+def assert_checkpoint_whole(path: Path, files: set[str]) -> None:
+    """The checkpoint holds exactly ``files``, names its own step, and every file reads back."""
+    assert {p.name for p in path.iterdir()} == files, path
+    state = json.loads((path / "trainer_state.json").read_text())
+    assert path.name == f"step-{state['step']:08d}"
+    load_file(str(path / "model.safetensors"))
+    for name in files - {"model.safetensors", "trainer_state.json"}:
+        torch.load(path / name, weights_only=False)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two safetensors files hold the same tensors under the same names, bit for bit."""
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys(), f"{a} and {b} hold different tensors"
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), f"{key} differs between {a} and {b}"
 
 
 def _merge(data: dict, changes: dict) -> None:

@@ -124,6 +124,8 @@ def test_sample_is_seeded_per_row(tiny_sd):
     alone = backbone.sample(PROMPTS[1:2], [8])
     assert torch.allclose(alone, both[1:2], atol=1e-5)  # a row does not depend on its batch
     assert not torch.allclose(backbone.sample(PROMPTS[:1], [9]), both[:1])
+    # LoRA: student and reference share one UNet, so one pipeline (built at load) serves every call.
+    assert len(backbone._pipelines) == 1 and backbone._pipelines[0] is backbone._text_pipeline
 
 
 def test_sample_matches_the_diffusers_pipeline(tiny_sd):

@@ -20,12 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 import prefopt.cli
-from helpers import cli, write_toy_recipe
+from helpers import FINAL, assert_same_weights, cli, error_lines, metric_rows, write_toy_recipe
 from prefopt.hookspecs import hookimpl
 from prefopt.registry import PluginRegistry
 from prefopt_objectives.ddspo import DDSPO
-
-FINAL = Path("final", "denoiser", "diffusion_pytorch_model.safetensors")
 
 
 # ---------------------------------------------------------------------- a test-only objective
@@ -81,23 +79,15 @@ def one_error(code: int, stderr: str) -> str:
     """The run failed the way users should see failures: exit 2, one error line, no traceback."""
     assert code == 2, stderr
     assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(stderr)
     assert len(errors) == 1, stderr
     return errors[0]
 
 
 def checkpoints(run_dir: Path) -> list[str]:
+    """Every name in ``checkpoints/``, temporary ``.tmp-step-*`` directories included (none may be left)."""
     root = run_dir / "checkpoints"
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(a / FINAL)), load_file(str(b / FINAL))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def metric_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +116,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fault
     faulty.nan_steps = set()
     code, err = cli("run", recipe, "objective.name=faulty_ddspo", "--resume")
     assert code == 0, err
-    assert_same_weights(uninterrupted, run_dir)
+    assert_same_weights(uninterrupted / FINAL, run_dir / FINAL)
     assert [r["step"] for r in metric_rows(run_dir)] == list(range(1, 41))
 
 
@@ -186,7 +176,7 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch, uninterrupte
     monkeypatch.setattr(accelerate.Accelerator, "save_state", save_state)
     code, err = cli("run", recipe, "--resume")
     assert code == 0, err
-    assert_same_weights(uninterrupted, run_dir)
+    assert_same_weights(uninterrupted / FINAL, run_dir / FINAL)
     assert [r["step"] for r in metric_rows(run_dir)] == list(range(1, 41))
 
 
@@ -210,7 +200,7 @@ def test_full_disk_while_saving_the_final_weights(tmp_path, monkeypatch, uninter
     monkeypatch.setattr(Toy2DBackbone, "save", save)
     code, err = cli("run", recipe, "--resume")
     assert code == 0, err
-    assert_same_weights(uninterrupted, run_dir)
+    assert_same_weights(uninterrupted / FINAL, run_dir / FINAL)
 
 
 def test_output_dir_under_a_file(tmp_path):
@@ -352,12 +342,12 @@ def test_overwrite_replaces_the_run_but_keeps_reusable_stages(tmp_path):
     run = tmp_path / "run"
     (run / "clip_samples.png").write_bytes(b"an evaluator's output")
     pairs_manifest = (run / "pairs" / "manifest.json").read_text()
-    reference_weights = (run / "reference" / "final" / "denoiser" / "diffusion_pytorch_model.safetensors").stat()
+    reference_weights = (run / "reference" / FINAL).stat()
     code, err = cli("run", recipe, "--overwrite")
     assert code == 0, err
     assert not (run / "clip_samples.png").exists()
     assert (run / "pairs" / "manifest.json").read_text() == pairs_manifest
-    again = (run / "reference" / "final" / "denoiser" / "diffusion_pytorch_model.safetensors").stat()
+    again = (run / "reference" / FINAL).stat()
     assert again.st_mtime_ns == reference_weights.st_mtime_ns  # reused, not retrained
 
 

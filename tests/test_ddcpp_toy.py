@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import pytest
-from helpers import tiny_toy_recipe
+from helpers import metric_rows, tiny_toy_recipe
 
 from prefopt.pipeline import run_recipe
 from prefopt.recipe import resolve
@@ -14,7 +14,7 @@ from prefopt.registry import PluginRegistry
 
 def run(data: dict, registry: PluginRegistry) -> list[dict]:
     run_recipe(resolve(data, registry), registry)
-    return [json.loads(line) for line in open(f"{data['output_dir']}/metrics.jsonl")]
+    return metric_rows(Path(data["output_dir"]))
 
 
 def test_policies_trained_with_denoise_drive_ddspo(tmp_path):

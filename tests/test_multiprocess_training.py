@@ -21,18 +21,16 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from helpers import SLOW_PREFERENCE_STEPS, write_toy_recipe
+from helpers import (ENV, FINAL, SLOW_PREFERENCE_STEPS, assert_checkpoint_whole, assert_same_weights, checkpoints,
+                     metric_rows, two_process_launch, write_toy_recipe)
 
 # Started by `accelerate launch ... boot.py run RECIPE ...` in every worker.
 BOOT = r"""
@@ -82,9 +80,7 @@ finally:  # how the worker ended, unless a signal ended it
         handle.write(str(code))
 """
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PREFOPT_DISABLE_PLUGIN_AUTOLOAD": "1"}
 STEPS = 6
-FINAL = Path("final", "denoiser", "diffusion_pytorch_model.safetensors")
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
                     "random_states_1.pkl", "trainer_state.json"}
 
@@ -93,12 +89,6 @@ def write_recipe(directory: Path) -> Path:
     # 16 pairs, 8 per process and step: each step reads the whole dataset once.
     return write_toy_recipe(directory, objective={"name": "diffusion_kto", "beta": 2000},
                             train={"max_steps": STEPS, "checkpoint_every": 3})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Launch:
@@ -110,11 +100,7 @@ class Launch:
         boot = tmp_path / "boot.py"
         if not boot.exists():
             boot.write_text(BOOT)
-        # On a machine without a GPU, `--cpu` alone would start one process (it needs mpirun for more);
-        # torchrun-style processes (`--multi_gpu`) become a gloo group since prefopt asks for the CPU.
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(free_port()), str(boot), "run", str(recipe), *args]
+        command = two_process_launch(str(boot), "run", str(recipe), *args)
         env = {**ENV, "TEST_RECORD_DIR": str(self.dir), "TEST_STEP_DELAY": str(delay)}
         with open(self.dir / "stdout.txt", "w") as out, open(self.dir / "stderr.txt", "w") as err:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=err)
@@ -209,35 +195,10 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Launch]:
 # ------------------------------------------------------------------------------ helpers
 
 
-def metric_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    root = run_dir / "checkpoints"
-    return sorted(root.glob("step-*")) if root.is_dir() else []
-
-
-def assert_checkpoint_whole(path: Path) -> None:
-    assert {p.name for p in path.iterdir()} == CHECKPOINT_FILES, path
-    state = json.loads((path / "trainer_state.json").read_text())
-    assert path.name == f"step-{state['step']:08d}"
-    load_file(str(path / "model.safetensors"))
-    for name in CHECKPOINT_FILES - {"model.safetensors", "trainer_state.json"}:
-        torch.load(path / name, weights_only=False)
-
-
 def assert_no_leftovers(run_dir: Path) -> None:
     """No temporary checkpoint, trash or final/ being written, nor a write probe."""
     hidden = [p for p in run_dir.rglob(".*")]
     assert not hidden, hidden
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(a)), load_file(str(b))
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), f"{key} differs between {a} and {b}"
 
 
 def assert_same_run(expected: Path, actual: Path) -> None:
@@ -249,7 +210,7 @@ def assert_same_run(expected: Path, actual: Path) -> None:
     for key in ("loss", "kto/kl", "grad_norm", "pref/accuracy"):
         assert [r[key] for r in rows] == [r[key] for r in metric_rows(expected)], key
     assert [p.name for p in checkpoints(actual)] == ["step-00000003"]
-    assert_checkpoint_whole(checkpoints(actual)[0])
+    assert_checkpoint_whole(checkpoints(actual)[0], CHECKPOINT_FILES)
     assert_no_leftovers(actual)
 
 
@@ -271,7 +232,7 @@ def test_two_process_run_writes_each_thing_once(uninterrupted):
 
     # checkpoint_every=3: step 3 only (the last step writes final/, not a checkpoint), with both RNG states.
     assert [p.name for p in checkpoints(run_dir)] == ["step-00000003"]
-    assert_checkpoint_whole(checkpoints(run_dir)[0])
+    assert_checkpoint_whole(checkpoints(run_dir)[0], CHECKPOINT_FILES)
     assert json.loads((checkpoints(run_dir)[0] / "trainer_state.json").read_text()) == {
         "skipped_steps": 0, "step": 3}
     assert checkpoints(run_dir / "reference") == []  # 30 steps, no checkpoint_every
@@ -378,7 +339,7 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path, l
     assert killed.proc.returncode == -signal.SIGKILL
     assert not (run_dir / "final").exists(), "the run finished before the kill: slow it down"
     assert [p.name for p in checkpoints(run_dir)] == ["step-00000003"]
-    assert_checkpoint_whole(checkpoints(run_dir)[0])
+    assert_checkpoint_whole(checkpoints(run_dir)[0], CHECKPOINT_FILES)
 
     resumed = launches("resumed", recipe, "--resume")
     resumed.finished()
@@ -419,7 +380,7 @@ def assert_stopped_whole(run_dir: Path, launch: Launch) -> tuple[int, list[str]]
     assert named == run_dir / "checkpoints" / f"step-{step:08d}"
     assert [p.name for p in checkpoints(run_dir)] == ["step-00000003", named.name]
     for path in checkpoints(run_dir):
-        assert_checkpoint_whole(path)  # random_states_0 and _1: both processes saved into it
+        assert_checkpoint_whole(path, CHECKPOINT_FILES)  # random_states_0 and _1: both processes saved into it
     assert [r["step"] for r in metric_rows(run_dir)] == list(range(1, step + 1))
     assert not (run_dir / "final").exists()
     assert_no_leftovers(run_dir)

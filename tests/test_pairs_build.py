@@ -11,17 +11,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from helpers import cli, write_toy_recipe
+from helpers import ENV, assert_same_weights, cli, two_process_launch, write_toy_recipe
 
 # Started as `python -c BOOT pairs build RECIPE`: shard writes slowed down by a sleep
 # (half before the tensor file, half between it and the .json that marks the shard
@@ -43,8 +40,6 @@ from prefopt.cli import main
 main()
 """
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PREFOPT_DISABLE_PLUGIN_AUTOLOAD": "1"}
-
 
 def write_recipe(directory: Path) -> Path:
     # 48 rows in 24 shards: enough for a kill to land part way (train.lr stays at its default).
@@ -63,8 +58,7 @@ def assert_same_dataset(expected: Path, actual: Path) -> None:
     assert sorted(p.name for p in (actual / "shards").iterdir()) == names  # no leftovers either
     for name in names:
         if name.endswith(".safetensors"):
-            a, b = load_file(str(expected / "shards" / name)), load_file(str(actual / "shards" / name))
-            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+            assert_same_weights(expected / "shards" / name, actual / "shards" / name)
         else:
             assert (actual / "shards" / name).read_bytes() == (expected / "shards" / name).read_bytes(), name
 
@@ -107,12 +101,6 @@ def test_killed_build_resumes_to_the_same_dataset(tmp_path, uninterrupted):
     assert_same_dataset(uninterrupted / "pairs", pairs_dir)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_process_build_gives_the_same_dataset(tmp_path, uninterrupted):
     """``accelerate launch`` with two processes (gloo on the CPU): shard k is written by process k mod 2.
 
@@ -123,11 +111,7 @@ def test_two_process_build_gives_the_same_dataset(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     shutil.copytree(uninterrupted / "reference", run_dir / "reference")
-    # On a machine without a GPU, `--cpu` alone would start one process (it needs mpirun for more);
-    # torchrun-style processes (`--multi_gpu`) become a gloo group since prefopt asks for the CPU.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), "-m", "prefopt.cli", "pairs", "build", str(recipe)]
+    command = two_process_launch("-m", "prefopt.cli", "pairs", "build", str(recipe))
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "building pairs [0]" in done.stderr and "building pairs [1]" in done.stderr, done.stderr[-3000:]

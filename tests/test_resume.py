@@ -11,7 +11,6 @@ same code path, without paying the interpreter start-up again).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -23,12 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from helpers import SLOW_PREFERENCE_STEPS, cli, write_toy_recipe
-
-FINAL = Path("final", "denoiser", "diffusion_pytorch_model.safetensors")
+from helpers import (FINAL, SLOW_PREFERENCE_STEPS, assert_checkpoint_whole, assert_same_weights, checkpoints, cli,
+                     error_lines, metric_rows, write_toy_recipe)
 
 # Started as `python -c BOOT run RECIPE ...`: optional slow-down / park, then the real CLI.
 BOOT = r"""
@@ -62,46 +58,12 @@ main()
 """
 
 
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / FINAL))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), f"{key} differs between {a} and {b}"
-
-
-def metric_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def assert_metrics_once(run_dir: Path, reference: Path, steps: int = 40) -> None:
     """Each step logged exactly once, with the same loss as the uninterrupted run."""
     rows = metric_rows(run_dir)
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
     expected = {r["step"]: r["loss"] for r in metric_rows(reference)}
     assert {r["step"]: r["loss"] for r in rows} == expected
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    root = run_dir / "checkpoints"
-    return sorted(root.glob("step-*")) if root.is_dir() else []
-
-
-def assert_checkpoint_whole(path: Path, files: set[str]) -> None:
-    """Every file a checkpoint holds is there and reads back."""
-    assert {p.name for p in path.iterdir()} == files, path
-    state = json.loads((path / "trainer_state.json").read_text())
-    assert path.name == f"step-{state['step']:08d}"
-    load_file(str(path / "model.safetensors"))
-    for name in files - {"model.safetensors", "trainer_state.json"}:
-        torch.load(path / name, weights_only=False)
 
 
 class Child:
@@ -173,7 +135,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, uninterrupted, checkp
 
     code, err = cli("run", recipe, "--resume")
     assert code == 0, err
-    assert_same_weights(uninterrupted, run_dir)
+    assert_same_weights(uninterrupted / FINAL, run_dir / FINAL)
     assert_metrics_once(run_dir, uninterrupted)
     for path in checkpoints(run_dir):
         assert_checkpoint_whole(path, checkpoint_files)
@@ -204,7 +166,7 @@ def test_kill_9_while_saving_a_checkpoint(tmp_path, uninterrupted, checkpoint_fi
 
     code, err = cli("run", recipe, "--resume")
     assert code == 0, err
-    assert_same_weights(uninterrupted, run_dir)
+    assert_same_weights(uninterrupted / FINAL, run_dir / FINAL)
     assert_metrics_once(run_dir, uninterrupted)
     assert not list((run_dir / "checkpoints").glob(".*")), "a stale temporary checkpoint was left behind"
 
@@ -240,7 +202,7 @@ def test_repeated_kill_9_with_a_checkpoint_every_step(tmp_path, uninterrupted, c
 
     code, err = cli("run", recipe, "--resume", "train.checkpoint_every=1")
     assert code == 0, err
-    assert_same_weights(uninterrupted, run_dir)
+    assert_same_weights(uninterrupted / FINAL, run_dir / FINAL)
     assert_metrics_once(run_dir, uninterrupted)
 
 
@@ -268,7 +230,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, uninte
 
     code, err = cli("run", recipe, "--resume")
     assert code == 0, err
-    assert_same_weights(uninterrupted, run_dir)
+    assert_same_weights(uninterrupted / FINAL, run_dir / FINAL)
     assert_metrics_once(run_dir, uninterrupted)
 
 
@@ -283,7 +245,7 @@ def test_resume_from_a_named_checkpoint(tmp_path, uninterrupted):
 
     code, err = cli("run", recipe, "--resume", "--checkpoint", "step-00000020")
     assert code == 0, err
-    assert_same_weights(uninterrupted, run_dir)
+    assert_same_weights(uninterrupted / FINAL, run_dir / FINAL)
     assert_metrics_once(run_dir, uninterrupted)
 
     code, err = cli("run", recipe, "--resume", "--checkpoint", "step-00000007")
@@ -309,7 +271,7 @@ def test_resume_refuses_a_recipe_that_changes_results(tmp_path, uninterrupted):
     # Logging and checkpointing cadence change nothing that is computed.
     code, err = cli("run", recipe, "--resume", "train.log_every=5", "train.keep_checkpoints=1")
     assert code == 0, err
-    assert_same_weights(uninterrupted, run_dir)
+    assert_same_weights(uninterrupted / FINAL, run_dir / FINAL)
     assert [r["step"] for r in metric_rows(run_dir)] == list(range(1, 31)) + [35, 40]
 
 
@@ -337,5 +299,5 @@ def test_a_run_dir_is_not_overwritten_without_overwrite(tmp_path, uninterrupted)
 
     code, err = cli("run", recipe, "--overwrite")
     assert code == 0, err
-    assert_same_weights(uninterrupted, run_dir)
+    assert_same_weights(uninterrupted / FINAL, run_dir / FINAL)
     assert_metrics_once(run_dir, uninterrupted)

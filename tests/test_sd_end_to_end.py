@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 import yaml
-from helpers import cli
+from helpers import cli, metric_rows
 from tiny_models import SD_RESOLUTION
 
 from prefopt.pipeline import run_recipe
@@ -51,7 +51,7 @@ def test_run_builds_pairs_trains_and_saves_a_loadable_pipeline(tmp_path, tiny_sd
     rows = [json.loads(line) for line in (run / "pairs" / "metadata.jsonl").read_text().splitlines()]
     assert all(set(r["negative"].split()) < set(r["prompt"].split()) for r in rows)
 
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = metric_rows(run)
     assert [m["step"] for m in metrics] == [1, 2]
     assert metrics[0]["loss"] == pytest.approx(0.6931472, abs=1e-5)  # ln 2: student == reference
 

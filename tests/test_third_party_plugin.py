@@ -10,7 +10,6 @@ never touched.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from fixtures.dists import EXAMPLE_PLUGIN, env_with, install_example_plugin, install_source, run_cli
+from helpers import metric_rows
 
 TINY_RECIPE = {
     "seed": 0,
@@ -76,9 +76,9 @@ def test_toy_training_with_its_objective(site, tmp_path):
     assert code == 0, err[-3000:]
     run_dir = tmp_path / "run"
     assert (run_dir / "final").is_dir()
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 5
-    first = json.loads(lines[0])
+    rows = metric_rows(run_dir)
+    assert len(rows) == 5
+    first = rows[0]
     # The plugin's own metrics reach the log.
     assert {"loss", "pref/accuracy", "cpo/preference", "mse/student_w"} <= set(first)
     resolved = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())

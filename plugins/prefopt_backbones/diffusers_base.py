@@ -52,6 +52,7 @@ class DiffusersBackbone(Backbone):
         self._trainable = None  # the student as accelerate handed it back
         self._host = None  # module that gives reference and policy predictions
         self._policies: set[str] = set()
+        self._pipelines: list = []  # sampling pipelines, one per denoiser they wrap (built once)
         self._text_pipeline = None
 
     # ------------------------------------------------------------------ family hooks
@@ -73,7 +74,11 @@ class DiffusersBackbone(Backbone):
         return {}
 
     def _forward(self, module, x_t, t, cond: Cond):
-        """One denoiser call on (x_t, t, cond) -> the prediction."""
+        """One denoiser call on (x_t, t, cond) -> the prediction.
+
+        ``x_t`` and the floating tensors of ``cond`` are already in the dtype of
+        ``module``'s weights.
+        """
         raise NotImplementedError
 
     def _pipeline_extras(self) -> dict[str, Any]:
@@ -122,7 +127,8 @@ class DiffusersBackbone(Backbone):
             if hasattr(module, "to"):
                 module.to(runtime.device)
         self._trainable = denoiser
-        self._text_pipeline = self._pipeline(denoiser)
+        self._pipelines = []
+        self._text_pipeline = self._sampling_pipeline(denoiser)
 
     def _frozen_reference(self, denoiser):
         """The full fine-tuning reference: a frozen copy of the denoiser as loaded."""
@@ -197,8 +203,9 @@ class DiffusersBackbone(Backbone):
 
     def _student(self):
         """The student without accelerate's wrapper (for pipelines, adapters and saving)."""
-        accelerator = self.runtime.accelerator
-        return accelerator.unwrap_model(self._trainable) if accelerator is not None else self._trainable
+        from accelerate.utils import extract_model_from_parallel
+
+        return extract_model_from_parallel(self._trainable)
 
     def _frozen_source(self, source: str):
         """(module, context) that give ``source``'s predictions, which are never trained."""
@@ -215,12 +222,19 @@ class DiffusersBackbone(Backbone):
 
     def predict(self, x_t, t, cond: Cond, source: str):
         if source == STUDENT:
-            return self._forward(self._trainable, x_t, t, cond)
+            return self._call(self._trainable, x_t, t, cond)
         import torch
 
         module, context = self._frozen_source(source)
         with torch.no_grad(), context:
-            return self._forward(module, x_t, t, cond)
+            return self._call(module, x_t, t, cond)
+
+    def _call(self, module, x_t, t, cond: Cond):
+        """``_forward`` on inputs cast to the dtype of the module's weights (integer masks and ids stay)."""
+        from prefopt_backbones.loading import cast_floats, input_dtype
+
+        dtype = input_dtype(module)
+        return self._forward(module, x_t.to(dtype), t, cast_floats(cond, dtype))
 
     # ------------------------------------------------------------------ pipelines and sampling
 
@@ -245,6 +259,15 @@ class DiffusersBackbone(Backbone):
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
 
+    def _sampling_pipeline(self, denoiser):
+        """The pipeline with the configured sampler around ``denoiser``, built on first use and kept."""
+        for pipeline in self._pipelines:
+            if getattr(pipeline, self.denoiser_name) is denoiser:
+                return pipeline
+        pipeline = self._pipeline(denoiser)
+        self._pipelines.append(pipeline)
+        return pipeline
+
     def sample(self, prompts: Sequence[str], seeds: Sequence[int], source: str = REFERENCE):
         """x0 in data space, one row per prompt, through the family's diffusers pipeline.
 
@@ -257,7 +280,7 @@ class DiffusersBackbone(Backbone):
         if len(prompts) != len(seeds):
             raise ValueError(f"sample: {len(prompts)} prompts but {len(seeds)} seeds")
         module, context = (self._student(), nullcontext()) if source == STUDENT else self._frozen_source(source)
-        pipeline = self._pipeline(module)
+        pipeline = self._sampling_pipeline(module)
         size = self._resolution()
         was_training = module.training
         module.eval()

@@ -5,6 +5,7 @@ No torch at import: heavy modules are imported inside methods.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -12,6 +13,16 @@ from pydantic import Field
 from prefopt.interfaces import Cond
 from prefopt_backbones.diffusers_base import DiffusersBackbone
 from prefopt_backbones.settings import DiffusersConfig
+
+
+@functools.cache
+def _pipeline_instruction() -> list[str]:
+    """``SanaPipeline.__call__``'s default ``complex_human_instruction`` (read once: prompts are encoded every step)."""
+    import inspect
+
+    from diffusers import SanaPipeline
+
+    return inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default
 
 
 class SanaBackbone(DiffusersBackbone):
@@ -76,13 +87,7 @@ class SanaBackbone(DiffusersBackbone):
 
     def _human_instruction(self) -> list[str] | None:
         """SanaPipeline's own instruction text when asked for, else none."""
-        if not self.config.complex_human_instruction:
-            return None
-        import inspect
-
-        from diffusers import SanaPipeline
-
-        return inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default
+        return _pipeline_instruction() if self.config.complex_human_instruction else None
 
     def _vae_latent(self, vae, pixels):
         return vae.encode(pixels).latent
@@ -119,15 +124,11 @@ class SanaBackbone(DiffusersBackbone):
         sigma = cfg.shift * sigma / (1 + (cfg.shift - 1) * sigma)
         return sigma * steps
 
-    def _sigma(self, t, like):
-        sigma = (t.float() / self._num_train_timesteps).to(like.device, like.dtype)
-        return sigma.view(-1, *([1] * (like.ndim - 1)))
-
     def t_fraction(self, t):
         return t.float() / self._num_train_timesteps
 
     def add_noise(self, x0, noise, t):
-        sigma = self._sigma(t, x0)
+        sigma = self.t_fraction(t).to(x0.device, x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
         return (1 - sigma) * x0 + sigma * noise
 
     def regression_target(self, x0, noise, t):
@@ -151,13 +152,9 @@ class SanaBackbone(DiffusersBackbone):
         return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
 
     def _forward(self, module, x_t, t, cond: Cond):
-        from prefopt_backbones.loading import cast_floats, input_dtype
-
         config = self.modules[self.denoiser_name].config  # module may be wrapped by accelerate
-        dtype = input_dtype(module)
-        cond = cast_floats(cond, dtype)
         out = module(
-            x_t.to(dtype),
+            x_t,
             encoder_hidden_states=cond["encoder_hidden_states"],
             encoder_attention_mask=cond["encoder_attention_mask"],
             timestep=t * config.timestep_scale,

@@ -124,11 +124,8 @@ class SDBackbone(DiffusersBackbone):
         return {}
 
     def _forward(self, module, x_t, t, cond: Cond):
-        from prefopt_backbones.loading import cast_floats, input_dtype
-
-        cond = cast_floats(cond, input_dtype(module))
         return module(
-            x_t.to(input_dtype(module)),
+            x_t,
             t,
             encoder_hidden_states=cond["encoder_hidden_states"],
             return_dict=False,

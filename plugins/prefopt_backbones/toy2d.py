@@ -38,10 +38,9 @@ class Toy2DBackbone(Backbone):
 
     # -- loading -----------------------------------------------------------------
     def load(self, runtime: Runtime, policies: dict[str, str] | None = None) -> None:
-        import copy
-
         from diffusers import DDPMScheduler
 
+        from prefopt_backbones.loading import frozen_copy
         from prefopt_backbones.toy2d_model import ToyDenoiser
 
         cfg = self.config
@@ -64,13 +63,12 @@ class Toy2DBackbone(Backbone):
             )
         model.to(runtime.device)
         # Full fine-tuning: the reference is a frozen copy of the starting weights.
-        self.reference = copy.deepcopy(model).requires_grad_(False).eval()
+        self.reference = frozen_copy(model)
         self.policies = {
             name: ToyDenoiser.from_pretrained(path, subfolder="denoiser").to(runtime.device).requires_grad_(False).eval()
             for name, path in (policies or {}).items()
         }
         self.student = model.train()
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(runtime.device)
 
     def identity(self) -> dict[str, Any]:
         return {"family": "toy2d", "data_shape": [2], "num_conditions": self.config.num_conditions}
