@@ -91,6 +91,8 @@ class SDBackbone(DiffusersBackbone):
             "kind": "ddpm",
             "prediction_type": self.config.prediction_type or "from the scheduler config",
             "timesteps": "uniform over num_train_timesteps",
+            "loss_weighting": self.config.loss_weighting
+            + (f" (gamma {self.config.snr_gamma:g})" if self.config.loss_weighting == "min_snr" else ""),
         }
 
     # ------------------------------------------------------------------ forward process
@@ -110,6 +112,27 @@ class SDBackbone(DiffusersBackbone):
         if self._noise.config.prediction_type == "v_prediction":
             return self._noise.get_velocity(x0, noise, t)
         return noise
+
+    def loss_weight(self, t):
+        """Min-SNR-γ (Hang et al. 2023, Eq. 3 and its v-prediction form): the per-sample
+        weight that caps each timestep's share of the loss at SNR γ.
+
+        The x0-space weight min(SNR, γ) becomes min(SNR, γ)/SNR for an ε target and
+        min(SNR, γ)/(SNR + 1) for a v target (diffusers' train_text_to_image does the
+        same). At SNR = 0 (a zero-terminal-SNR schedule's last step) the ε weight's
+        limit is 1.
+        """
+        import torch
+
+        if self.config.loss_weighting == "none":
+            return super().loss_weight(t)
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self._noise, t)
+        capped = snr.clamp(max=self.config.snr_gamma)
+        if self._noise.config.prediction_type == "v_prediction":
+            return capped / (snr + 1)
+        return torch.where(snr > 0, capped / snr, torch.ones_like(snr))
 
     # ------------------------------------------------------------------ prompts and the denoiser
 

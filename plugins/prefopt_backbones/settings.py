@@ -81,3 +81,9 @@ class DDPMConfig(DiffusersConfig):
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="what the denoiser predicts (null: as the model's scheduler config says)"
     )
+    loss_weighting: Literal["none", "min_snr"] = Field(
+        "none",
+        description="per-sample loss weight of t: none, or Min-SNR-gamma (Hang et al. 2023): "
+        "min(SNR, gamma)/SNR for epsilon, min(SNR, gamma)/(SNR + 1) for v_prediction",
+    )
+    snr_gamma: float = Field(5.0, gt=0, description="gamma of min_snr (the Min-SNR paper's and diffusers' 5)")
