@@ -41,9 +41,9 @@ def negatives(prompt: str, seed: int, **settings) -> list[str]:
 
 @given(prompts_of_2_words_or_more, seeds, drop_ranges())
 def test_drop_share_within_bounds_never_all_never_none(prompt, seed, drop_range):
-    # The count is round(f * n) for f in [min_drop, max_drop], clamped to
-    # [1, n - 1]; round is monotone, so it lies between the clamped rounds of
-    # the two ends.
+    # The count is max(1, floor(f * n)) for f in [min_drop, max_drop] (the
+    # official rule); it is monotone in f, so it lies between the counts of
+    # the two ends, and f < 1 keeps at least one word.
     low, high = drop_range
     n = len(prompt.split())
     (negative,) = negatives(prompt, seed, min_drop=low, max_drop=high)
@@ -54,7 +54,7 @@ def test_drop_share_within_bounds_never_all_never_none(prompt, seed, drop_range)
 
 @given(prompts_of_2_words_or_more, seeds, st.integers(min_value=1, max_value=6))
 def test_negatives_are_in_order_subsequences_and_distinct(prompt, seed, variants):
-    found = negatives(prompt, seed, variants=variants)
+    found = negatives(prompt, seed, variants=variants, draws=max(variants, 5))
     assert 1 <= len(found) <= variants
     assert len(set(found)) == len(found)
     for negative in found:
@@ -91,12 +91,38 @@ def test_short_prompts_are_skipped_and_generated_negatives_are_the_default():
 
 def test_fewer_variants_when_a_prompt_has_fewer_distinct_removals():
     assert sorted(removal_variants("a a", 0, RandomRemoval.Config(variants=5))) == ["a"]
-    assert sorted(removal_variants("red cat", 0, RandomRemoval.Config(variants=5))) == ["cat", "red"]
+    assert sorted(removal_variants("red cat", 0, RandomRemoval.Config(variants=5, draws=20))) == ["cat", "red"]
+
+
+@pytest.mark.parametrize(("n", "fraction", "count"), [(2, 0.4, 1), (2, 0.7, 1), (3, 0.7, 2), (10, 0.4, 4),
+                                                       (10, 0.69, 6), (7, 0.5, 3), (5, 0.4, 2), (1000, 0.7, 700)])
+def test_drop_count_is_the_official_floor_rule(n, fraction, count):
+    # Official data_prep/random_removal.py: max(1, int(ratio * len(words))); not rounded.
+    assert drop_count(n, fraction) == count
+
+
+def test_official_defaults_five_draws_one_pair_per_prompt_drawn_among_the_candidates():
+    config = RandomRemoval.Config()
+    assert (config.min_drop, config.max_drop, config.draws, config.variants) == (0.4, 0.7, 5, 1)
+    prompt = "a photo of a red cat sitting on a wooden chair by the window"
+    # Over many seeds the one c- of a prompt takes every candidate the 5 draws can make
+    # (not only the first drawn): the official random.choice over the variant set.
+    from prefopt_pairs.common import prompt_rng
+    from prefopt_pairs.random_removal import removal_candidates
+
+    picks_first = 0
+    for seed in range(200):
+        (negative,) = removal_variants(prompt, seed, config)
+        candidates = removal_candidates(prompt, prompt_rng(seed, prompt), config)
+        assert negative in candidates and 1 <= len(candidates) <= 5
+        picks_first += negative == candidates[0]
+    assert 20 < picks_first < 80  # about 1 in 5, not always the first
 
 
 @pytest.mark.parametrize(
     "settings",
-    [dict(min_drop=0.8, max_drop=0.5), dict(min_drop=0.0), dict(max_drop=1.0), dict(variants=0), dict(drop=0.5)],
+    [dict(min_drop=0.8, max_drop=0.5), dict(min_drop=0.0), dict(max_drop=1.0), dict(variants=0), dict(drop=0.5),
+     dict(draws=0), dict(variants=6, draws=5)],
 )
 def test_invalid_settings_are_rejected(settings):
     with pytest.raises(ValidationError):
