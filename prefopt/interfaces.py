@@ -74,6 +74,8 @@ class ObjectiveInputs:
     ``weight`` is the backbone's per-pair loss weight (1 unless the backbone's
     weighting scheme says otherwise).
     ``reduce_mean`` averages a tensor across processes (identity on one).
+    ``swapped`` marks the pairs whose prompts the objective's ``prompt_rewrite``
+    replaced by an unpaired extra prompt this step (None: no rewrite).
     """
 
     predictions: dict[Prediction, "torch.Tensor"]
@@ -81,6 +83,7 @@ class ObjectiveInputs:
     t_fraction: "torch.Tensor"
     weight: "torch.Tensor"
     reduce_mean: Callable[["torch.Tensor"], "torch.Tensor"] = lambda x: x
+    swapped: "torch.Tensor | None" = None
 
 
 @dataclass
@@ -102,7 +105,38 @@ class Objective(Plugin):
         """Extra frozen policies (name -> weights path) the backbone must load."""
         return {}
 
+    def independent_noise(self) -> bool:
+        """True: x_t^w and x_t^l get separate noise draws; False (default): a pair shares its noise."""
+        return False
+
+    def prompt_rewrite(self, train_prompts: set[str]) -> "PromptRewrite | None":
+        """Per-pair prompt changes the step draws before encoding (None: the stored prompts)."""
+        return None
+
     def loss(self, inputs: ObjectiveInputs) -> LossOutput:
+        raise NotImplementedError
+
+
+@dataclass
+class RewrittenPrompts:
+    """A batch's prompts after a ``PromptRewrite``; ``swapped`` (bool, (B,)) marks replaced pairs."""
+
+    prompts: list[str]
+    negatives: list[str]
+    swapped: "torch.Tensor"
+
+
+class PromptRewrite:
+    """Prompt changes drawn per pair and step (random-condition removal, prompt dropout)."""
+
+    def texts(self) -> list[str]:
+        """Every prompt the rewrite may put in, so a text cache can encode them up front."""
+        raise NotImplementedError
+
+    def __call__(
+        self, prompts: Sequence[str], negatives: Sequence[str], t_fraction: "torch.Tensor", generator
+    ) -> RewrittenPrompts:
+        """Each pair's (c, c-) for this step, drawn with ``generator`` (t_fraction: the pairs' timesteps)."""
         raise NotImplementedError
 
 

@@ -44,7 +44,9 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     optimizer: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(
+        0.01, ge=0, description="decoupled weight decay (0.01: the official DDSPO, Diffusion-DPO and KTO scripts)"
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip; null disables")
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
 
@@ -67,6 +69,18 @@ class TrainConfig(Strict):
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss or gradient stops the run, or skips the step (counted)"
     )
+
+    def effective_batch(self, num_processes: int) -> int:
+        """Pairs per optimizer step: batch_size × grad_accum × processes."""
+        return self.batch_size * self.grad_accum * num_processes
+
+    def effective_lr(self, num_processes: int) -> float:
+        """The optimizer's lr: with ``scale_lr``, lr × batch_size × grad_accum × processes.
+
+        The same product as the official DDSPO, Diffusion-DPO and diffusers
+        scripts' ``--scale_lr`` (``accelerator.num_processes`` included).
+        """
+        return self.lr * self.effective_batch(num_processes) if self.scale_lr else self.lr
 
 
 class PromptsConfig(Strict):

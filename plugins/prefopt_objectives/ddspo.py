@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs, PluginConfig, Prediction
-from prefopt_objectives.slots import REF_L, REF_L_NEG, REF_W, STUDENT_L, STUDENT_W
+from prefopt_objectives.prompt_rewrites import RandomCondition, RandomConditionConfig
+from prefopt_objectives.slots import REF_L, REF_L_NEG, REF_W, STUDENT_L, STUDENT_W, PairNoise, noise_field
 
 # DD-CPP's frozen policies, by the source names the backbone loads them under.
 POLICY_W = "policy_w"
@@ -46,6 +47,12 @@ class DDSPO(Objective):
         loser_policy: str | None = Field(
             None, min_length=1, description="DD-CPP: frozen losing policy (weights path); needs winner_policy"
         )
+        noise: PairNoise = noise_field()
+        random_condition: RandomConditionConfig | None = Field(
+            None,
+            description="random-condition removal (official --rand_cond): with p(t) a pair trains on an "
+            "extra prompt and its degraded variant instead of its own (null: off)",
+        )
 
         @model_validator(mode="after")
         def _both_policies_or_neither(self):
@@ -67,6 +74,16 @@ class DDSPO(Objective):
             return {POLICY_W: self.config.winner_policy, POLICY_L: self.config.loser_policy}
         return {}
 
+    def independent_noise(self) -> bool:
+        return self.config.noise == "independent"
+
+    def prompt_rewrite(self, train_prompts: set[str]):
+        # A swapped pair needs nothing else here: every DDSPO target already
+        # comes from the reference (or the DD-CPP policies) on the pair's prompts.
+        if self.config.random_condition is None:
+            return None
+        return RandomCondition(self.config.random_condition, train_prompts)
+
     def loss(self, inputs: ObjectiveInputs) -> LossOutput:
         from prefopt_objectives import losses
 
@@ -82,4 +99,7 @@ class DDSPO(Objective):
         per_pair = losses.preference_loss(delta, self.config.beta, self.config.loss_type)
         # The t weighting scales each pair's loss, not its errors (official DDSPO code).
         loss = (per_pair * losses.t_weight(inputs.t_fraction, self.config.weighting)).mean()
-        return LossOutput(loss, losses.preference_metrics(loss, raw, delta, self.config.beta))
+        metrics = losses.preference_metrics(loss, raw, delta, self.config.beta)
+        if inputs.swapped is not None:
+            metrics["rand_cond/swapped"] = float(inputs.swapped.float().mean())
+        return LossOutput(loss, metrics)

@@ -55,6 +55,14 @@ class PairErrors:
             self.student_w * weight, self.student_l * weight, self.ref_w * weight, self.ref_l * weight
         )
 
+    def where(self, mask: torch.Tensor, other: "PairErrors") -> "PairErrors":
+        """Per pair: ``other``'s errors where ``mask`` (bool, (B,)) is true, these elsewhere."""
+        return PairErrors(
+            *(torch.where(mask, theirs, mine) for mine, theirs in
+              zip((self.student_w, self.student_l, self.ref_w, self.ref_l),
+                  (other.student_w, other.student_l, other.ref_w, other.ref_l)))
+        )
+
     def delta(self) -> torch.Tensor:
         """Δ = (student_w − ref_w) − (student_l − ref_l): the bracket of Eq. 4/6/7.
 

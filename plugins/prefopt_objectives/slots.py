@@ -1,5 +1,9 @@
 """The predictions objectives ask for, named once (no torch here: see interfaces.py)."""
 
+from typing import Literal
+
+from pydantic import Field
+
 from prefopt.interfaces import REFERENCE, STUDENT, Prediction
 
 STUDENT_W = Prediction(STUDENT, "w", "c")  # ε_θ(x_t^w, c)
@@ -10,6 +14,18 @@ REF_L_NEG = Prediction(REFERENCE, "l", "c-")  # ε_ref(x_t^l, c-): DDSPO's losin
 
 # Diffusion-DPO and Diffusion-KTO: student and reference, each on both latents.
 STUDENT_AND_REF = (STUDENT_W, STUDENT_L, REF_W, REF_L)
+
+# How a pair's two noisy latents are drawn (the timestep is always shared).
+PairNoise = Literal["shared", "independent"]
+
+
+def noise_field():
+    """The ``noise`` setting of the paired objectives."""
+    return Field(
+        "shared",
+        description="shared: x_t^w and x_t^l from one noise draw; independent: one each "
+        "(official DDSPO --pos_neg_different_noise)",
+    )
 
 
 def target_errors(inputs):

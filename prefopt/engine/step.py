@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from prefopt.interfaces import STUDENT, Backbone, LossOutput, Objective, ObjectiveInputs, Prediction
+from prefopt.interfaces import STUDENT, Backbone, LossOutput, Objective, ObjectiveInputs, Prediction, PromptRewrite
 
 
 @dataclass
@@ -46,9 +46,12 @@ class FusedStep:
     """Computes the loss of one batch of pairs for an objective on a backbone."""
 
     def __init__(self, backbone: Backbone, objective: Objective, reference_micro_batch: int | None = None,
-                 encode: Callable[[list[str]], dict] | None = None):
+                 encode: Callable[[list[str]], dict] | None = None, rewrite: PromptRewrite | None = None):
         self.backbone = backbone
         self.objective = objective
+        # The objective's per-pair prompt changes (objective.prompt_rewrite), or None.
+        self.rewrite = rewrite
+        self.independent_noise = objective.independent_noise()
         self.reference_micro_batch = reference_micro_batch
         # Prompt encoding: the backbone's text encoder, or a TextCache built before training.
         self.encode = encode or backbone.encode_prompts
@@ -69,10 +72,19 @@ class FusedStep:
         # A pair shares its timestep and its noise (drawn on the CPU generator,
         # so the draw is identical on every device and after a resume).
         t = backbone.sample_timesteps(n, generator).to(device)
-        noise = torch.randn(batch.x0_w.shape, generator=generator, dtype=torch.float32).to(device)
+        noise = {"w": torch.randn(batch.x0_w.shape, generator=generator, dtype=torch.float32).to(device)}
+        # An objective may ask for the loser's own noise (official DDSPO --pos_neg_different_noise);
+        # it is drawn after the shared one, so runs without it draw exactly as before.
+        noise["l"] = (torch.randn(batch.x0_l.shape, generator=generator, dtype=torch.float32).to(device)
+                      if self.independent_noise else noise["w"])
         x0 = {"w": batch.x0_w.to(device, torch.float32), "l": batch.x0_l.to(device, torch.float32)}
-        x_t = {side: backbone.add_noise(x0[side], noise, t) for side in x0}
-        targets = {side: backbone.regression_target(x0[side], noise, t) for side in x0}
+        x_t = {side: backbone.add_noise(x0[side], noise[side], t) for side in x0}
+        targets = {side: backbone.regression_target(x0[side], noise[side], t) for side in x0}
+        swapped = None
+        if self.rewrite is not None:
+            rewritten = self.rewrite(batch.prompts, batch.negatives, backbone.t_fraction(t).cpu(), generator)
+            batch = PairBatch(batch.x0_w, batch.x0_l, rewritten.prompts, rewritten.negatives)
+            swapped = rewritten.swapped.to(device)
 
         cond, cond_index = self._encode_prompts(batch)
         predictions: dict[Prediction, torch.Tensor] = {}
@@ -97,6 +109,7 @@ class FusedStep:
             t_fraction=backbone.t_fraction(t),
             weight=backbone.loss_weight(t),
             reduce_mean=reduce_mean,
+            swapped=swapped,
         )
         return self.objective.loss(inputs)
 
