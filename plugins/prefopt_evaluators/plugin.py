@@ -2,9 +2,10 @@
 
 from prefopt.hookspecs import hookimpl
 from prefopt_evaluators.clip_score import ClipScore
+from prefopt_evaluators.geneval import GenEval
 from prefopt_evaluators.toy2d import Toy2DModes
 
 
 @hookimpl
 def prefopt_evaluators():
-    return [Toy2DModes, ClipScore]
+    return [Toy2DModes, ClipScore, GenEval]
