@@ -90,7 +90,7 @@ class SDBackbone(DiffusersBackbone):
         return {
             "kind": "ddpm",
             "prediction_type": self.config.prediction_type or "from the scheduler config",
-            "timesteps": "uniform over num_train_timesteps",
+            "timesteps": f"{self.config.timestep_sampling} over num_train_timesteps",
             "loss_weighting": self.config.loss_weighting
             + (f" (gamma {self.config.snr_gamma:g})" if self.config.loss_weighting == "min_snr" else ""),
         }
@@ -100,7 +100,20 @@ class SDBackbone(DiffusersBackbone):
     def sample_timesteps(self, n: int, generator):
         import torch
 
-        return torch.randint(0, self._num_train_timesteps, (n,), generator=generator)
+        if self.config.timestep_sampling == "uniform":
+            return torch.randint(0, self._num_train_timesteps, (n,), generator=generator)
+        return torch.multinomial(self._timestep_density(), n, replacement=True, generator=generator)
+
+    def _timestep_density(self):
+        """The official DDSPO code's non-uniform densities over t = 0..T−1 (ddspo/data.py, current head)."""
+        import torch
+
+        steps = self._num_train_timesteps
+        if self.config.timestep_sampling == "linear":
+            weights = torch.linspace(1.0, 0.0, steps)
+        else:  # sigmoid: steep (20) around 70% of the way to pure noise
+            weights = torch.sigmoid(20.0 * (torch.arange(steps) / steps - 0.7))
+        return weights / weights.sum()
 
     def t_fraction(self, t):
         return t.float() / (self._num_train_timesteps - 1)

@@ -87,3 +87,8 @@ class DDPMConfig(DiffusersConfig):
         "min(SNR, gamma)/SNR for epsilon, min(SNR, gamma)/(SNR + 1) for v_prediction",
     )
     snr_gamma: float = Field(5.0, gt=0, description="gamma of min_snr (the Min-SNR paper's and diffusers' 5)")
+    timestep_sampling: Literal["uniform", "linear", "sigmoid"] = Field(
+        "uniform",
+        description="density of the training step t of T (official DDSPO --timestep_sampling): uniform; "
+        "linear ∝ 1 − t/(T−1), more weight on low noise; sigmoid ∝ σ(20·(t/T − 0.7)), on high noise",
+    )
