@@ -60,7 +60,7 @@ def _clip_text_config(vocab_size: int, hidden_size: int = 16, projection_dim: in
     )
 
 
-def _vae_kl():
+def _vae_kl(**extra):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -73,6 +73,7 @@ def _vae_kl():
         latent_channels=4,
         norm_num_groups=4,
         sample_size=SD_RESOLUTION,
+        **extra,
     )
 
 
@@ -207,6 +208,89 @@ def build_sana(directory: Path) -> Path:
     return directory
 
 
+def _t5_tokenizer():
+    """A T5 (Unigram) tokenizer with one piece per word of WORDS and one per character."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    pieces += [("▁" + word, -1.0) for word in WORDS] + [(char, -5.0) for char in sorted(set("".join(WORDS)))]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def _t5_encoder(vocab_size: int, d_model: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ))
+
+
+# SD3's and FLUX's VAEs shift latents before scaling them (their real factors) and have no quant convs.
+SD3_VAE = {"shift_factor": 0.0609, "scaling_factor": 1.5305, "use_quant_conv": False, "use_post_quant_conv": False}
+FLUX_VAE = {"shift_factor": 0.1159, "scaling_factor": 0.3611, "use_quant_conv": False, "use_post_quant_conv": False}
+
+
+def build_sd3(directory: Path) -> Path:
+    """A tiny StableDiffusion3Pipeline: SD3Transformer2DModel, two CLIP encoders with projection, T5."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    tokenizer = _clip_tokenizer()
+    tokenizer_3 = _t5_tokenizer()
+    # Both CLIPs' states side by side (16 + 16) fill T5's width (32) exactly; pooled: 8 + 8.
+    transformer = SD3Transformer2DModel(
+        sample_size=SD_RESOLUTION // 2, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+        pooled_projection_dim=16, pos_embed_max_size=8,
+    )
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),  # SD3's and SD3.5's scheduler config
+        vae=_vae_kl(**SD3_VAE),
+        text_encoder=CLIPTextModelWithProjection(_clip_text_config(len(tokenizer), hidden_size=16, projection_dim=8)),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_text_config(len(tokenizer), hidden_size=16, projection_dim=8)),
+        tokenizer_2=_clip_tokenizer(),
+        text_encoder_3=_t5_encoder(len(tokenizer_3), d_model=32),
+        tokenizer_3=tokenizer_3,
+    )
+    pipeline.save_pretrained(directory)
+    return directory
+
+
+FLUX_RESOLUTION = 16  # pixels; the tiny VAE downsamples by 2 and FLUX packs 2x2 latent patches
+
+
+def build_flux(directory: Path, guidance_embeds: bool = True) -> Path:
+    """A tiny FluxPipeline: FluxTransformer2DModel (guidance-distilled like FLUX.1-dev, or not like schnell), CLIP, T5."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer = _clip_tokenizer()
+    tokenizer_2 = _t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+        guidance_embeds=guidance_embeds, axes_dims_rope=(4, 6, 6),
+    )
+    # FLUX.1-dev's scheduler config: resolution-dependent (dynamic) shifting.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=guidance_embeds)
+    pipeline = FluxPipeline(
+        scheduler=scheduler,
+        vae=_vae_kl(**FLUX_VAE),
+        text_encoder=CLIPTextModel(_clip_text_config(len(tokenizer), hidden_size=16)),
+        tokenizer=tokenizer,
+        text_encoder_2=_t5_encoder(len(tokenizer_2), d_model=32),
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    pipeline.save_pretrained(directory)
+    return directory
+
+
 # ---------------------------------------------------------------------------- checks shared by the backbone tests
 
 PROMPTS = ["a photo of a cat", "a red car", "a dog sitting under a tree"]
@@ -278,12 +362,14 @@ def train_steps(backbone, objective_, steps: int):
     return losses
 
 
-def check_training_step(backbone, objective_name: str) -> None:
+def check_training_step(backbone, objective_name: str, outside_the_output: tuple[str, ...] = ()) -> None:
     """Finite loss, ln 2 at step 0 (DPO / DDSPO), every trained weight moves, reference untouched.
 
     LoRA's B starts at 0, so A's gradient is exactly 0 at the first step (the
     adapter's output does not depend on A yet); LoRA runs therefore take two
     steps, the first moving B and the second A. Nothing is re-initialised.
+    Weights under the module names in ``outside_the_output`` feed nothing the
+    model returns (SD3's last block drops its text stream), so they must stay.
     """
     named = {n: p for n, p in backbone.trainable_module().named_parameters() if p.requires_grad}
     assert named, "no trainable parameters"
@@ -297,7 +383,8 @@ def check_training_step(backbone, objective_name: str) -> None:
     if objective_name in ("ddspo", "diffusion_dpo"):
         assert abs(losses[0] - LN2) < 1e-5, losses[0]
     unchanged = [n for n, p in named.items() if torch.equal(p.detach(), before[n])]
-    assert not unchanged, f"{len(unchanged)} of {len(named)} trained weights did not move: {unchanged[:5]}"
+    dead = [n for n in named if n.startswith(outside_the_output)] if outside_the_output else []
+    assert sorted(unchanged) == sorted(dead), f"of {len(named)} trained weights, these did not move: {unchanged[:5]}"
     assert torch.equal(probe(backbone, "reference"), reference), "the reference moved"
     assert not torch.equal(probe(backbone, "student"), reference), "the student did not move"
 

@@ -15,9 +15,10 @@ Sources of predictions and samples:
 * an extra policy name (DD-CPP): a saved LoRA loaded as a named adapter on
   the module that carries the reference, active only for its predictions.
 
-Data space: latents × the VAE's ``scaling_factor`` (as diffusers' training
-scripts store them, and as pipelines return them with ``output_type="latent"``),
-or pixels in [-1, 1] for a model without a VAE.
+Data space: (latents − the VAE's ``shift_factor``, where it has one: SD3, FLUX)
+× its ``scaling_factor`` (as diffusers' training scripts store them, and as
+pipelines return them with ``output_type="latent"``), or pixels in [-1, 1] for
+a model without a VAE.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from prefopt.interfaces import REFERENCE, STUDENT, Backbone, Cond, Runtime
 VAE_CHUNK = 8
 # The file diffusers' save_lora_weights writes (diffusers.loaders.lora_base.LORA_WEIGHT_NAME_SAFE).
 LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def _shift_factor(vae) -> float:
+    """The VAE's latent shift (SD3's and FLUX's autoencoders have one; SD's and DC-AE's none)."""
+    return vae.config.get("shift_factor") or 0.0
 
 
 class DiffusersBackbone(Backbone):
@@ -335,12 +341,15 @@ class DiffusersBackbone(Backbone):
             channels = self._config_of(self.denoiser_name)["in_channels"]
             return {"family": self.name, "data_space": "pixel", "data_shape": [channels, size, size]}
         vae = self._config_of("vae")
-        return {
+        identity = {
             "family": self.name,
             "data_space": "latent",
             "data_shape": [vae["latent_channels"], size, size],
             "latent_scaling_factor": vae["scaling_factor"],
         }
+        if vae.get("shift_factor"):
+            identity["latent_shift_factor"] = vae["shift_factor"]
+        return identity
 
     def encode_data(self, items: Sequence[Any]):
         """Images (PIL, bytes, paths, HWC arrays) to data space; tensors are taken as data already."""
@@ -376,7 +385,7 @@ class DiffusersBackbone(Backbone):
         vae = self.modules["vae"]
         with torch.no_grad():
             latent = self._vae_latent(vae, pixels.to(self.runtime.device, vae.dtype))
-        return latent.float() * vae.config.scaling_factor
+        return (latent.float() - _shift_factor(vae)) * vae.config.scaling_factor
 
     def decode(self, data) -> list:
         """Data-space tensors (N, C, H, W) to PIL images."""
@@ -391,7 +400,7 @@ class DiffusersBackbone(Backbone):
         out = []
         with torch.no_grad():
             for chunk in data.split(VAE_CHUNK):
-                latent = chunk.to(self.runtime.device, vae.dtype) / vae.config.scaling_factor
+                latent = chunk.to(self.runtime.device, vae.dtype) / vae.config.scaling_factor + _shift_factor(vae)
                 out += images.to_pil(vae.decode(latent).sample)
         return out
 
@@ -492,7 +501,7 @@ class DiffusersBackbone(Backbone):
             },
             "trained": trained,
             "reference": reference,
-            "data": "pixels in [-1, 1]" if self._pixel_space() else "VAE latents x scaling_factor",
+            "data": "pixels in [-1, 1]" if self._pixel_space() else "VAE latents (- shift_factor) x scaling_factor",
             "forward_process": self._describe_process(),
             "gradient_checkpointing": cfg.gradient_checkpointing,
             "attention": cfg.attention,

@@ -33,6 +33,9 @@ from prefopt_backbones.diffusers_base import DiffusersBackbone
 from prefopt_backbones.settings import DiffusersConfig
 
 
+TimestepDensity = Literal["uniform", "logit_normal", "mode"]
+
+
 class FlowMatchingConfig(DiffusersConfig):
     """Forward-process settings every rectified-flow family has."""
 
@@ -49,7 +52,7 @@ class FlowMatchingConfig(DiffusersConfig):
         "exponential time shift with μ from the image's token count and the config's base/max shift "
         "(off: diffusers' and the official training scripts do not apply it)",
     )
-    timestep_density: Literal["uniform", "logit_normal", "mode"] = Field(
+    timestep_density: TimestepDensity = Field(
         "uniform", description="density of u, as diffusers' compute_density_for_timestep_sampling"
     )
     logit_mean: float = Field(0.0, description="logit_normal density: mean")
