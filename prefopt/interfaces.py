@@ -168,8 +168,13 @@ class PromptPair:
 class PairSource(Plugin):
     kind: ClassVar[str] = "pair_source"
 
-    def pairs(self, prompts: Sequence[str] | None, seed: int) -> list[PromptPair]:
-        """Preference rows for these prompts (None for sources that make their own)."""
+    def pairs(self, prompts: Sequence[str] | None, seed: int) -> Iterable[PromptPair]:
+        """Preference rows for these prompts (None for sources that make their own).
+
+        A list, or an iterator for sources too large to hold (the builder reads it
+        once, one shard of rows at a time). Row i's seed and ``loser_from`` must
+        not depend on how far the rows are read.
+        """
         raise NotImplementedError
 
 

@@ -34,6 +34,8 @@ NON_RESULT_FIELDS = {
     "pretrain.train.log_every", "pretrain.train.checkpoint_every", "pretrain.train.keep_checkpoints",
     # Only matters once a step is non-finite; switching stop -> skip is how such a run is rescued.
     "train.on_nonfinite", "pretrain.train.on_nonfinite",
+    # How far ahead the data is read, not which data: the order is fixed by the step.
+    "train.loader_workers", "train.loader_prefetch", "pretrain.train.loader_workers", "pretrain.train.loader_prefetch",
 }
 # What --overwrite keeps of a run directory (everything else goes): stages that are
 # reused when their settings match.
@@ -160,14 +162,16 @@ def prepare_run_dir(run_dir: Path, resolved: ResolvedRecipe, resume: bool, overw
 
 # -- stages ------------------------------------------------------------------------------------
 def build_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry, backbone, directory: Path,
-                seed: int, accelerator, base_dir: Path, replace_stale: bool = False) -> Path:
+                seed: int, accelerator, base_dir: Path, replace_stale: bool = False, full_check: bool = False) -> Path:
     """Build the pair dataset, or reuse a complete one made with the same settings.
 
     A complete dataset with other settings is an error, unless ``replace_stale``
-    (prefopt chose the directory, the user did not), when it is rebuilt.
+    (prefopt chose the directory, the user did not), when it is rebuilt. Damaged
+    shards of a reused dataset are built again (``full_check``: every row's bytes
+    are checked, as ``pairs build`` does; otherwise sidecars and headers).
     """
-    from prefopt.data.build import build_pair_dataset, is_complete
-    from prefopt.data.pairset import check_identity, read_manifest
+    from prefopt.data.build import build_pair_dataset, is_complete, verify_pair_dataset
+    from prefopt.data.pairset import check_identity, dataset_header, read_manifest, resolve_latent_dtype
 
     settings = {"source": {"name": pairs_cfg.source.name, **source_config.model_dump(mode="json")},
                 "prompts": pairs_cfg.prompts.model_dump(mode="json") if pairs_cfg.prompts else None,
@@ -175,28 +179,33 @@ def build_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry,
     reference = pretrained_reference_fingerprint(getattr(backbone.config, "pretrained", None))
     if reference is not None:  # pairs sampled from a reference this run trained: tie them to it
         settings["reference"] = reference
+    header = dataset_header(backbone.identity(), settings, pairs_cfg.shard_size,
+                            resolve_latent_dtype(pairs_cfg.latent_dtype, backbone.identity()))
     if is_complete(directory):
         # A finished dataset is reused only for the backbone and settings it was built with.
         manifest = read_manifest(directory)
         check_identity(manifest, backbone.identity(), directory)
-        if manifest.get("pairs") == settings:
-            return directory
-        if not replace_stale:
+        if manifest["dataset_id"] == header["dataset_id"]:
+            if verify_pair_dataset(directory, header, full_check, accelerator.process_index,
+                                   accelerator.num_processes, accelerator.wait_for_everyone):
+                return directory
+        elif not replace_stale:
             raise DataError(f"pair dataset {directory} was built with different pairs settings; "
                             "delete it or point pairs.dir elsewhere")
-        log.warning("rebuilding %s: it was built with other pairs settings", directory)
-        if accelerator.is_main_process:
-            shutil.rmtree(directory)
-        accelerator.wait_for_everyone()
+        else:
+            log.warning("rebuilding %s: it was built with other pairs settings", directory)
+            if accelerator.is_main_process:
+                shutil.rmtree(directory)
+            accelerator.wait_for_everyone()
     source = registry.get("pair_source", pairs_cfg.source.name)(source_config)
     prompts = None
     if pairs_cfg.prompts:
         from prefopt.data.prompts import load_prompts
 
         prompts = load_prompts(pairs_cfg.prompts, base_dir=base_dir)
-    rows = source.pairs(prompts, seed)
+    rows = source.pairs(prompts, seed)  # a list or a stream: the builder reads it one shard at a time
     return build_pair_dataset(
-        directory, rows, backbone, settings, pairs_cfg.shard_size, pairs_cfg.sample_batch_size,
+        directory, rows, backbone, header, pairs_cfg.sample_batch_size,
         process_index=accelerator.process_index, num_processes=accelerator.num_processes,
         wait_for_everyone=accelerator.wait_for_everyone,
     )
@@ -375,7 +384,7 @@ def build_pairs_for(resolved: ResolvedRecipe, registry) -> Path:
     backbone.load(runtime_for(accelerator, train=False), {})
     directory = Path(recipe.pairs.dir or run_dir / "pairs")
     build_pairs(recipe.pairs, resolved.config("pairs", "source"), registry, backbone, directory, recipe.seed,
-                accelerator, Path(resolved.source).parent, replace_stale=recipe.pairs.dir is None)
+                accelerator, Path(resolved.source).parent, replace_stale=recipe.pairs.dir is None, full_check=True)
     if accelerator.is_main_process:
         print(f"pair dataset ready: {directory}")
     return directory

@@ -61,6 +61,10 @@ class TrainConfig(Strict):
     text_cache: bool = Field(
         False, description="encode every prompt once before training and read embeddings from <output_dir>/text_cache"
     )
+    loader_workers: int = Field(
+        2, ge=0, description="DataLoader worker processes reading pairs ahead of the step (0: read in the loop)"
+    )
+    loader_prefetch: int = Field(4, ge=1, description="micro-step batches each loader worker reads ahead")
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(
         500, ge=0, description="steps between checkpoints (0: only when a signal stops the run)"
@@ -99,6 +103,9 @@ class PairsConfig(Strict):
     dir: str | None = Field(None, description="pair dataset directory (default: <output_dir>/pairs)")
     shard_size: int = Field(256, ge=1, description="pairs per shard")
     sample_batch_size: int = Field(64, ge=1, description="prompts per sampling call while building")
+    latent_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="dtype the x0 data is stored in (auto: float16 for latent backbones, else float32)"
+    )
 
 
 class PretrainConfig(Strict):

@@ -40,7 +40,7 @@ def source(path, **settings) -> PickAPic:
 
 
 def test_winner_and_loser_follow_label_0_and_ties_are_skipped(parquet_file):
-    rows = source(parquet_file).pairs(None, seed=0)
+    rows = list(source(parquet_file).pairs(None, seed=0))
     assert [row.prompt for row in rows] == ["a red square", "a grey square"]
     assert [row.negative for row in rows] == [row.prompt for row in rows]  # c- is c, as in Diffusion-DPO
     assert (rows[0].winner, rows[0].loser) == (RED, GREEN)  # label_0 = 1: image 0 preferred
@@ -50,16 +50,16 @@ def test_winner_and_loser_follow_label_0_and_ties_are_skipped(parquet_file):
 
 
 def test_ties_kept_on_request_and_max_count(parquet_file):
-    rows = source(parquet_file, skip_ties=False).pairs(None, seed=0)
+    rows = list(source(parquet_file, skip_ties=False).pairs(None, seed=0))
     assert [row.prompt for row in rows] == ["a red square", "a tie", "a grey square"]
     assert (rows[1].winner, rows[1].loser) == (BLUE, WHITE)
-    assert len(source(parquet_file, max_count=1).pairs(None, seed=0)) == 1
+    assert len(list(source(parquet_file, max_count=1).pairs(None, seed=0))) == 1
 
 
 def test_recipe_prompts_are_ignored_and_seeds_are_deterministic(parquet_file):
-    rows = source(parquet_file).pairs(["some other prompt"], seed=3)
+    rows = list(source(parquet_file).pairs(["some other prompt"], seed=3))
     assert [row.prompt for row in rows] == ["a red square", "a grey square"]
-    assert [row.seed for row in rows] == [row.seed for row in source(parquet_file).pairs(None, seed=3)]
+    assert [row.seed for row in rows] == [row.seed for row in list(source(parquet_file).pairs(None, seed=3))]
 
 
 def test_directory_of_shards_picks_the_split(tmp_path, parquet_file):
@@ -67,8 +67,8 @@ def test_directory_of_shards_picks_the_split(tmp_path, parquet_file):
     shards.mkdir()
     parquet_file.rename(shards / parquet_file.name)
     pq.write_table(pa.table({k: v[:1] for k, v in ROWS.items()}), shards / "test-00000-of-00001.parquet")
-    assert len(source(shards).pairs(None, seed=0)) == 2
-    assert len(source(shards, split="test").pairs(None, seed=0)) == 1
+    assert len(list(source(shards).pairs(None, seed=0))) == 2
+    assert len(list(source(shards, split="test").pairs(None, seed=0))) == 1
 
 
 def test_saved_datasets_directory_with_image_features(tmp_path):
@@ -79,7 +79,7 @@ def test_saved_datasets_directory_with_image_features(tmp_path):
     cells = {**ROWS, **as_struct}
     dataset = datasets.Dataset.from_dict(cells, features=features)
     datasets.DatasetDict({"train": dataset}).save_to_disk(str(tmp_path / "saved"))
-    rows = source(tmp_path / "saved").pairs(None, seed=0)
+    rows = list(source(tmp_path / "saved").pairs(None, seed=0))
     assert [(row.winner, row.loser) for row in rows] == [(RED, GREEN), (GREY, BLACK)]
 
 
@@ -87,9 +87,9 @@ def test_missing_columns_and_bad_labels_are_data_errors(tmp_path):
     path = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"jpg_0": [RED], "caption": ["x"]}), path)
     with pytest.raises(DataError, match=r"missing column\(s\) jpg_1, label_0 \(available: jpg_0, caption\)"):
-        source(path).pairs(None, seed=0)
+        list(source(path).pairs(None, seed=0))
     pq.write_table(pa.table({**{k: v[:1] for k, v in ROWS.items()}, "label_0": [0.3]}), path)
     with pytest.raises(DataError, match="label_0 must be 0, 0.5 or 1, got 0.3"):
-        source(path).pairs(None, seed=0)
+        list(source(path).pairs(None, seed=0))
     with pytest.raises(DataError, match="not found"):
-        source(tmp_path / "nope.parquet").pairs(None, seed=0)
+        list(source(tmp_path / "nope.parquet").pairs(None, seed=0))

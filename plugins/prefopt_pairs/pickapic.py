@@ -108,14 +108,18 @@ class PickAPic(PairSource):
         skip_ties: bool = Field(True, description="drop rows with label_0 = 0.5")
         max_count: int | None = Field(None, ge=1, description="stop after this many pairs")
 
-    def pairs(self, prompts: Sequence[str] | None, seed: int) -> list[PromptPair]:
+    def pairs(self, prompts: Sequence[str] | None, seed: int) -> Iterator[PromptPair]:
+        """The rows as a stream: one record batch of images is in memory at a time, whatever the set's size."""
         if prompts is not None:
             log.warning("pickapic brings its own captions: the %d recipe prompt(s) are ignored", len(prompts))
         path = Path(self.config.path)
-        rows: list[PromptPair] = []
-        ties = 0
-        for record in self._records(path):
-            if self.config.max_count is not None and len(rows) >= self.config.max_count:
+        records = self._records(path)  # checks the path now, not at the first row
+        return self._rows(records, path, seed)
+
+    def _rows(self, records: Iterator[dict[str, Any]], path: Path, seed: int) -> Iterator[PromptPair]:
+        count = ties = 0
+        for record in records:
+            if self.config.max_count is not None and count >= self.config.max_count:
                 break
             label = record["label_0"]
             if label not in LABELS:
@@ -126,14 +130,10 @@ class PickAPic(PairSource):
             first, second = _image_bytes(record["jpg_0"], path), _image_bytes(record["jpg_1"], path)
             winner, loser = (second, first) if label == 0 else (first, second)
             caption = (record["caption"] or "").strip()
-            rows.append(
-                PromptPair(
-                    prompt=caption, negative=caption, seed=row_seed(seed, len(rows)), winner=winner, loser=loser
-                )
-            )
+            yield PromptPair(prompt=caption, negative=caption, seed=row_seed(seed, count), winner=winner, loser=loser)
+            count += 1
         if ties:
             log.info("pickapic skipped %d tie(s)", ties)
-        return rows
 
     def _records(self, path: Path) -> Iterator[dict[str, Any]]:
         if not path.exists():

@@ -1,0 +1,94 @@
+"""Training batches read ahead by DataLoader workers, in the order the step fixes.
+
+Which rows a micro-step trains is a function of (step, micro-step, process)
+alone: the sampler (a seeded permutation per epoch) maps a global sample
+position to row indices. This module does not change that; it moves the
+reading off the training loop. A ``torch.utils.data.DataLoader`` walks the
+micro-steps this process will train, from the step it starts (or resumes) at,
+and its workers read the rows of the next ``workers * prefetch`` micro-steps
+while the accelerator computes. Batches come back in sampler order, so a run
+with workers, without them, or resumed part way reads exactly the same rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from prefopt.errors import PrefoptError
+
+
+class PositionSampler(Protocol):
+    def take(self, position: int, count: int) -> list[int]: ...
+
+
+def sample_position(step: int, micro: int, rank: int, world: int, batch_size: int, grad_accum: int) -> int:
+    """The global position of a process's batch: every process and micro-step gets its own slice."""
+    return ((step * grad_accum + micro) * world + rank) * batch_size
+
+
+class MicroSteps(Sampler):
+    """(step, micro, row indices) of every micro-step this process trains, from ``start`` on."""
+
+    def __init__(self, sampler: PositionSampler, batch_size: int, grad_accum: int, rank: int, world: int,
+                 start: int, max_steps: int):
+        self.sampler = sampler
+        self.batch_size, self.grad_accum = batch_size, grad_accum
+        self.rank, self.world = rank, world
+        self.start, self.max_steps = start, max_steps
+
+    def __iter__(self) -> Iterator[tuple[int, int, list[int]]]:
+        for step in range(self.start, self.max_steps):
+            for micro in range(self.grad_accum):
+                position = sample_position(step, micro, self.rank, self.world, self.batch_size, self.grad_accum)
+                yield step, micro, self.sampler.take(position, self.batch_size)
+
+    def __len__(self) -> int:
+        return max(self.max_steps - self.start, 0) * self.grad_accum
+
+
+class _Batches(Dataset):
+    """Reads the rows of one micro-step (in a worker, or inline without workers)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, item: tuple[int, int, list[int]]) -> tuple[int, int, Any]:
+        step, micro, indices = item
+        try:
+            return step, micro, self.dataset.batch(indices)
+        except PrefoptError as exc:
+            # Handed back as a value: a DataLoader re-raises worker exceptions wrapped in a
+            # multi-line traceback, and a damaged shard must read as one `error:` line.
+            return step, micro, exc
+
+
+class BatchLoader:
+    """``batch(step, micro)`` in training order; the rows are read ahead when ``workers`` > 0."""
+
+    def __init__(self, dataset, sampler: PositionSampler, *, batch_size: int, grad_accum: int, rank: int,
+                 world: int, start: int, max_steps: int, workers: int = 0, prefetch: int = 2):
+        steps = MicroSteps(sampler, batch_size, grad_accum, rank, world, start, max_steps)
+        self._loader = DataLoader(
+            _Batches(dataset), sampler=steps, batch_size=None, num_workers=workers,
+            prefetch_factor=prefetch if workers else None,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches copy to the GPU asynchronously
+        )
+        self._batches: Iterator | None = None
+
+    def batch(self, step: int, micro: int):
+        """x0_w, x0_l, prompts, negatives of this micro-step, which must be the next one in order."""
+        if self._batches is None:
+            self._batches = iter(self._loader)
+        got_step, got_micro, batch = next(self._batches)
+        if isinstance(batch, PrefoptError):
+            raise batch
+        if (got_step, got_micro) != (step, micro):  # the loop and the loader disagree on the order
+            raise RuntimeError(f"data loader at step {got_step}.{got_micro}, training at {step}.{micro}")
+        return batch
+
+    def close(self) -> None:
+        """Stop the workers (they also stop on their own when this process ends)."""
+        self._batches = None
