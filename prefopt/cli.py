@@ -110,13 +110,19 @@ def plugins() -> None:
 def evaluate(
     recipe: Path = RecipeArg,
     overrides: Optional[List[str]] = OverridesArg,
-    weights: Optional[Path] = typer.Option(None, "--weights", help="a run's final/ directory (default: the recipe's)"),
+    weights: Optional[List[Path]] = typer.Option(
+        None, "--weights", help="trained weights: a run's final/ or checkpoints/step-N; repeat for several "
+                                "(default: the recipe's final/)"),
+    base: bool = typer.Option(True, "--base/--no-base", help="also score the base model, and each run's win rate "
+                                                             "over it on the same prompts and seeds"),
+    output: Optional[Path] = typer.Option(None, "--output", help="directory for eval.json, per-image results and "
+                                                                 "the cached images (default: OUTPUT_DIR/eval)"),
 ) -> None:
-    """Evaluate a trained run with the recipe's evaluators (writes eval.json)."""
-    from prefopt.pipeline import evaluate_run
+    """Score the base model and trained weights with every evaluator of the recipe (writes eval.json)."""
+    from prefopt.evaluation import run_eval
 
     registry, resolved = _load(recipe, overrides)
-    evaluate_run(resolved, registry, weights=weights)
+    run_eval(resolved, registry, weights or [], include_base=base, output=output)
 
 
 @app.command()

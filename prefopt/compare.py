@@ -86,6 +86,7 @@ def write_report(root: Path, metrics: list[str], rows: list[dict[str, str]], see
 
 
 def run_compare(resolved: ResolvedRecipe, registry, overwrite: bool = False) -> Path:
+    from prefopt.evaluation import extend_compare_report
     from prefopt.pipeline import pretrain_reference, run_recipe
 
     compare = resolved.recipe.compare
@@ -112,6 +113,7 @@ def run_compare(resolved: ResolvedRecipe, registry, overwrite: bool = False) -> 
     figure = _figure(resolved, registry, root, compare, seed=compare.seeds[0])
     metrics, rows = summarise(results)
     write_report(root, metrics, rows, compare.seeds, figure)
+    extend_compare_report(resolved, registry, root)  # bar charts with intervals, per-category tables, sample grid
     write_atomic(root / "results.json", (json.dumps(results, indent=1) + "\n").encode())
     print(f"comparison written: {root / 'report.md'}")
     return root

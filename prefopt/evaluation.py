@@ -1,6 +1,6 @@
 """Scoring generated images: one drawing per (model, prompt, seed), every evaluator, intervals and win rates.
 
-An :class:`ImageEvaluator` names the rows it scores (prompt, seed, and a group
+An :class:`ImageEvaluator` names the rows (``eval_rows``) it scores (prompt, seed, and a group
 such as a GenEval tag) and scores images it is handed; prefopt draws the
 images. Images are drawn in batches, cached on disk as PNGs that carry their
 prompt and seed, and reused by every evaluator that asks for the same row
@@ -76,14 +76,14 @@ class Scores:
 
 
 class ImageEvaluator(Evaluator):
-    """An evaluator of images that prefopt draws; subclasses give rows() and score().
+    """An evaluator of images that prefopt draws; subclasses give eval_rows(), load_scorer() and score().
 
     Its Config must have ``prefix`` and may have ``compare_reference``,
     ``batch_size``, ``num_inference_steps`` and ``guidance_scale`` (the
     sampling settings of its benchmark; None keeps the backbone's).
     """
 
-    def rows(self) -> list[EvalRow]:
+    def eval_rows(self) -> list[EvalRow]:
         raise NotImplementedError
 
     def load_scorer(self, device) -> Any:
@@ -107,7 +107,7 @@ class ImageEvaluator(Evaluator):
         sources = {STUDENT: student_key(run_dir)}
         if getattr(self.config, "compare_reference", False):
             sources[REFERENCE] = base_key(backbone)
-        rows = self.rows()
+        rows = self.eval_rows()
         # The scorer is loaded first, so that a wrong model id fails before the sampling.
         with loaded(self, backbone_device(backbone)) as scorer:
             scored = {}
@@ -119,9 +119,11 @@ class ImageEvaluator(Evaluator):
             reference = summarise(self.prefix, scored[REFERENCE], rows)
             metrics.update({f"{self.prefix}/reference/{k.split('/', 1)[1]}": v for k, v in reference.items()})
             metrics.update(win_rates(self.prefix, scored[STUDENT], scored[REFERENCE]))
-        write_records(run_dir / f"{self.prefix}_results.jsonl", rows, {"student": scored[STUDENT],
-                                                                         **({"reference": scored[REFERENCE]}
-                                                                            if REFERENCE in scored else {})})
+        names = {STUDENT: "student", REFERENCE: "reference"}
+        write_records(run_dir / f"{self.prefix}_results.jsonl", rows,
+                      {names[source]: scores for source, scores in scored.items()},
+                      {names[source]: [cache.path(key, self.sampling(), row) for row in rows]
+                       for source, key in sources.items()})
         return metrics
 
     def batch_size(self) -> int:
@@ -341,15 +343,22 @@ def intervals(prefix: str, scores: Scores, rows: Sequence[EvalRow]) -> dict[str,
             for metric, values in scores.per_image.items()}
 
 
-def write_records(path: Path, rows: Sequence[EvalRow], scored: dict[str, Scores]) -> None:
-    """One JSON line per (model, row): prompt, seed, group, per-image values and the evaluator's record."""
+def write_records(path: Path, rows: Sequence[EvalRow], scored: dict[str, Scores],
+                  images: dict[str, list[Path]]) -> None:
+    """One JSON line per (model, row): prompt, seed, group, image, per-image values and the evaluator's record.
+
+    The image path is relative to the file's directory.
+    """
+    import os
+
     lines = []
     for model, scores in scored.items():
         for i, row in enumerate(rows):
-            record = {"model": model, "prompt": row.prompt, "seed": row.seed}
+            record = {"model": model, "prompt": row.prompt, "seed": row.seed,
+                      "image": os.path.relpath(images[model][i], path.parent)}
             if row.group is not None:
                 record["group"] = row.group
-            record.update({metric: values[i] for metric, values in scores.per_image.items()})
+            record["scores"] = {metric: values[i] for metric, values in scores.per_image.items()}
             if scores.records:
                 record.update(scores.records[i])
             lines.append(json.dumps(record))
@@ -359,13 +368,22 @@ def write_records(path: Path, rows: Sequence[EvalRow], scored: dict[str, Scores]
 # ------------------------------------------------------------------ prefopt eval: base + runs
 
 def model_name(weights: Path) -> str:
-    """A readable name for trained weights: the run directory's name, with the checkpoint's if one."""
+    """A readable name for trained weights: the run directory's name (with its variant's in a comparison),
+    and the checkpoint's for a checkpoint."""
     weights = Path(weights).resolve()
     if weights.name == "final":
-        return weights.parent.name
-    if weights.parent.name == "checkpoints":
-        return f"{weights.parent.parent.name}@{weights.name}"
-    return weights.name
+        run_dir, suffix = weights.parent, ""
+    elif weights.parent.name == "checkpoints":
+        run_dir, suffix = weights.parent.parent, f"@{weights.name}"
+    else:
+        return weights.name
+    if run_dir.name.startswith("seed-"):  # prefopt compare's <variant>/seed-<s>
+        return f"{run_dir.parent.name}/{run_dir.name}{suffix}"
+    return run_dir.name + suffix
+
+
+def is_checkpoint(weights: Path) -> bool:
+    return (Path(weights) / "trainer_state.json").is_file()
 
 
 def load_weights(backbone, weights: Path) -> None:
@@ -374,7 +392,7 @@ def load_weights(backbone, weights: Path) -> None:
     if not weights.is_dir():
         raise PrefoptError(f"no trained weights at {weights}; run the recipe first or pass --weights")
     state = weights / "model.safetensors"
-    if (weights / "trainer_state.json").is_file():
+    if is_checkpoint(weights):
         if not state.is_file():
             raise PrefoptError(f"checkpoint {weights} holds no model.safetensors")
         from safetensors.torch import load_file
@@ -405,14 +423,15 @@ def evaluate_models(backbone, evaluators: Sequence[Evaluator], weights: Sequence
         name = model_name(path)
         if name in models:
             raise PrefoptError(f"two models are both named {name!r}; evaluate them separately")
-        models[name] = (STUDENT, f"{name}-" + fingerprint(weights_fingerprint(path)), Path(path))
+        key = name.replace("/", "_").replace("@", "_") + "-" + fingerprint(weights_fingerprint(path))
+        models[name] = (STUDENT, key, Path(path))
     if not models:
         raise PrefoptError("nothing to evaluate: give --weights or keep the base model")
 
     image_evaluators = [e for e in evaluators if isinstance(e, ImageEvaluator)]
     others = [e for e in evaluators if not isinstance(e, ImageEvaluator)]
     scored: dict[str, dict[str, Scores]] = {name: {} for name in models}
-    rows = {e.prefix: e.rows() for e in image_evaluators}
+    rows = {e.prefix: e.eval_rows() for e in image_evaluators}
     clash = [p for i, p in enumerate(rows) if p in list(rows)[:i]]
     if len(rows) != len(image_evaluators) or clash:
         raise PrefoptError("two evaluators share a prefix; give each its own")
@@ -437,7 +456,9 @@ def evaluate_models(backbone, evaluators: Sequence[Evaluator], weights: Sequence
                 scored[name][evaluator.prefix] = score_images(evaluator, scorer, images[name][evaluator.prefix],
                                                               rows[evaluator.prefix])
         write_records(output / f"{evaluator.prefix}_results.jsonl", rows[evaluator.prefix],
-                      {name: scored[name][evaluator.prefix] for name in models})
+                      {name: scored[name][evaluator.prefix] for name in models},
+                      {name: [cache.path(key, evaluator.sampling(), row) for row in rows[evaluator.prefix]]
+                       for name, (_, key, _) in models.items()})
 
     report: dict[str, Any] = {"bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "confidence": 0.95,
                                             "seed": BOOTSTRAP_SEED, "resampled": "rows, within each group"},
@@ -468,3 +489,174 @@ def print_report(report: dict) -> None:
             if metric in entry["win_rate"]:
                 line += f"  win rate {entry['win_rate'][metric]:.3f}"
             print(line)
+
+
+def run_eval(resolved, registry, weights: Sequence[Path] = (), include_base: bool = True,
+             output: Path | None = None) -> dict:
+    """``prefopt eval``: the recipe's base model and trained weights, scored by every evaluator of the recipe."""
+    from prefopt.pipeline import backbone_config_for, make_accelerator, process_state, runtime_for
+
+    recipe = resolved.recipe
+    run_dir = Path(recipe.output_dir)
+    if not recipe.eval:
+        raise PrefoptError(f"{resolved.source} has no eval section: name the evaluators to score with")
+    weights = [Path(w) for w in weights] or [run_dir / "final"]
+    for path in weights:
+        if not Path(path).is_dir():
+            raise PrefoptError(f"no trained weights at {path}; run the recipe first or pass --weights")
+    reference = run_dir / "reference" / "final" if recipe.pretrain else None
+    if reference is not None and not reference.is_dir():
+        raise PrefoptError(f"no pretrained reference at {reference}; run the recipe first")
+    output = Path(output or run_dir / "eval")
+    evaluators = [registry.get("evaluator", c.name)(resolved.config("eval", i)) for i, c in enumerate(recipe.eval)]
+    state = process_state()
+    report: dict = {}
+    if state.is_main_process:  # other processes of an `accelerate launch` wait
+        accelerator = make_accelerator(recipe.train)
+        backbone = registry.get("backbone", recipe.backbone.name)(backbone_config_for(resolved, reference))
+        # A training checkpoint holds the trained module's whole state (LoRA adapters included): load the
+        # backbone as for training so that module exists; final/ directories load either way.
+        checkpoints = any(is_checkpoint(path) for path in weights)
+        backbone.load(runtime_for(accelerator, train=checkpoints), {})
+        report = evaluate_models(backbone, evaluators, weights, output, include_base=include_base)
+        print_report(report)
+        print(f"evaluation written: {output / 'eval.json'}")
+    state.wait_for_everyone()
+    return report
+
+
+# ------------------------------------------------------------------ prefopt compare: figures and tables
+
+def read_results(path: Path) -> list[dict]:
+    """The records of a ``<prefix>_results.jsonl`` (none if absent), with their image paths made whole."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for record in records:
+        if "image" in record:
+            record["image"] = str(path.parent / record["image"])
+    return records
+
+
+def _pooled(records: list[dict], model: str, metric: str) -> tuple[list[float], list[str | None]]:
+    chosen = [r for r in records if r["model"] == model and metric in r.get("scores", {})]
+    return [r["scores"][metric] for r in chosen], [r.get("group") for r in chosen]
+
+
+def compare_report(root: Path, runs: dict[str, list[Path]], evaluators: Sequence[Evaluator]) -> list[str]:
+    """Figures and tables of a comparison from its runs' ``<prefix>_results.jsonl``; returns report lines.
+
+    ``runs``: variant -> its run directories (one per seed). Writes
+    ``metrics.png`` (one panel per per-image metric: the reference and each
+    variant, with 95% bootstrap intervals over every seed's images),
+    ``samples.png`` (the first image of each prompt, the same seed, one row per
+    method) and, for grouped evaluators (GenEval), a variant × group table.
+    """
+    lines: list[str] = []
+    panels: dict[str, dict[str, tuple[float, float, float]]] = {}
+    grid: dict[str, list] = {}
+    titles: list[str] = []
+    for evaluator in (e for e in evaluators if isinstance(e, ImageEvaluator)):
+        prefix = evaluator.prefix
+        records = {variant: [r for d in dirs for r in read_results(Path(d) / f"{prefix}_results.jsonl")]
+                   for variant, dirs in runs.items()}
+        records = {variant: found for variant, found in records.items() if found}
+        if not records:
+            continue
+        metrics = list(dict.fromkeys(m for found in records.values() for r in found for m in r.get("scores", {})))
+        # Every variant draws the reference on the same seeds: its rows are taken from the first that has them.
+        with_reference = next((found for found in records.values() if any(r["model"] == "reference" for r in found)),
+                              None)
+        methods = ([("base model", with_reference, "reference")] if with_reference else []) + \
+                  [(variant, found, "student") for variant, found in records.items()]
+        for metric in metrics:
+            bars = {}
+            for label, found, model in methods:
+                values, groups = _pooled(found, model, metric)
+                if values:
+                    low, high = bootstrap_interval(values, groups)
+                    bars[label] = (grouped_mean(values, groups), low, high)
+            panels[f"{prefix}/{metric}"] = bars
+        lines += _group_table(prefix, metrics[0], methods)
+        if not grid:
+            grid, titles = _sample_grid(methods)
+    if panels:
+        _bar_chart(panels, root / "metrics.png")
+        lines += ["", "Means with 95% bootstrap intervals over every seed's images:", "", "![metrics](metrics.png)"]
+    if grid:
+        from prefopt_evaluators.clip_scoring import draw_grid
+
+        draw_grid(grid, titles, root / "samples.png")
+        lines += ["", "The same prompts and seeds across methods:", "", "![samples](samples.png)"]
+    return lines
+
+
+def _group_table(prefix: str, metric: str, methods) -> list[str]:
+    """Method × group means of a grouped evaluator's first metric (GenEval: tag scores and Overall)."""
+    groups = list(dict.fromkeys(r["group"] for _, found, _ in methods for r in found if r.get("group")))
+    if not groups:
+        return []
+    lines = ["", f"## {prefix} per category ({metric})", "",
+             "| method | " + " | ".join(groups) + f" | {metric} |", "|---" * (len(groups) + 2) + "|"]
+    for label, found, model in methods:
+        values, row_groups = _pooled(found, model, metric)
+        means = group_means(values, row_groups)
+        cells = [f"{means[g]:.4f}" if g in means else "" for g in groups]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {grouped_mean(values, row_groups):.4f} |")
+    return lines
+
+
+def _sample_grid(methods) -> tuple[dict[str, list], list[str]]:
+    """The first image of each prompt (first seed of the run) for each method, from the results' image paths."""
+    from PIL import Image
+
+    grid: dict[str, list] = {}
+    titles: list[str] = []
+    for label, found, model in methods:
+        first: dict[str, dict] = {}
+        for record in found:
+            if record["model"] == model:
+                first.setdefault(record["prompt"], record)
+        chosen = list(first.values())[:8]
+        if not all(Path(r["image"]).is_file() for r in chosen):
+            continue  # a run whose images were deleted is left out of the grid
+        titles = titles or [r["prompt"] for r in chosen]
+        grid[label] = [Image.open(r["image"]).convert("RGB") for r in chosen]
+    return grid, titles
+
+
+def _bar_chart(panels: dict[str, dict[str, tuple[float, float, float]]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, (metric, bars) in zip(axes.flat, panels.items()):
+        labels = list(bars)
+        means = [bars[k][0] for k in labels]
+        errors = [[bars[k][0] - bars[k][1] for k in labels], [bars[k][2] - bars[k][0] for k in labels]]
+        ax.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def extend_compare_report(resolved, registry, root: Path) -> None:
+    """Add the evaluation figures and per-category tables of a finished comparison to its report.md."""
+    compare = resolved.recipe.compare
+    runs = {name: [root / name / f"seed-{seed}" for seed in compare.seeds] for name in compare.variants}
+    evaluators = [registry.get("evaluator", c.name)(resolved.config("eval", i))
+                  for i, c in enumerate(resolved.recipe.eval)]
+    lines = compare_report(root, runs, evaluators)
+    if lines:
+        report = root / "report.md"
+        write_atomic(report, (report.read_text() + "\n".join(lines) + "\n").encode())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_eval_models import build_mask2former
+from tiny_eval_models import GENEVAL_ROWS, build_mask2former, write_geneval_metadata
 from tiny_models import load_backbone
 
 from prefopt.errors import DataError
@@ -18,14 +18,7 @@ from prefopt_evaluators.geneval import GenEval
 from prefopt_evaluators.geneval_detector import Mask2FormerDetector
 from prefopt_evaluators.geneval_rules import COLOURS
 
-ROWS = [
-    {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"},
-    {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a photo of a red car"},
-    {"tag": "two_object", "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}],
-     "prompt": "a photo of a cat and a dog"},
-    {"tag": "counting", "include": [{"class": "dog", "count": 2}], "exclude": [{"class": "dog", "count": 3}],
-     "prompt": "a photo of two dogs"},
-]
+ROWS = GENEVAL_ROWS
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +28,7 @@ def tiny_detector(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def metadata(tmp_path_factory):
-    path = tmp_path_factory.mktemp("geneval") / "evaluation_metadata.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
-    return path
+    return write_geneval_metadata(tmp_path_factory.mktemp("geneval") / "evaluation_metadata.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +107,12 @@ def test_scores_per_tag_overall_and_results_file(untrained_run):
     results = [r for r in read_results(run_dir) if r["model"] == "student"]
     assert len(results) == 2 * len(ROWS) and len({r["seed"] for r in results}) == len(results)
     for tag in tags:
-        verdicts = [r["overall"] for r in results if r["group"] == tag]
+        verdicts = [r["scores"]["overall"] for r in results if r["group"] == tag]
         assert metrics[f"geneval/{tag}"] == pytest.approx(sum(verdicts) / len(verdicts))
     assert metrics["geneval/overall"] == pytest.approx(np.mean([metrics[f"geneval/{t}"] for t in tags]))
     for r in results:  # a failed image says why; a correct one has nothing to say
-        assert (r["reason"] == "") == (r["overall"] == 1.0)
+        assert (r["reason"] == "") == (r["scores"]["overall"] == 1.0)
+        assert (run_dir / r["image"]).is_file()
     # The untrained adapter draws the reference's images: every row ties.
     assert metrics["geneval/overall/win_rate"] == 0.5
     assert metrics["geneval/reference/overall"] == metrics["geneval/overall"]

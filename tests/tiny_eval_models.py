@@ -8,6 +8,22 @@ import torch
 
 DETECTOR_LABELS = ["person", "cat", "dog", "car", "computer mouse"]
 DETECTOR_IMAGE_SIZE = 64
+# GenEval metadata rows over the tiny detector's classes, in words the tiny tokenizers know.
+GENEVAL_ROWS = [
+    {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a photo of a dog"},
+    {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a photo of a red car"},
+    {"tag": "two_object", "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}],
+     "prompt": "a photo of a cat and a dog"},
+    {"tag": "counting", "include": [{"class": "dog", "count": 2}], "exclude": [{"class": "dog", "count": 3}],
+     "prompt": "a photo of two dogs"},
+]
+
+
+def write_geneval_metadata(path: Path, rows=GENEVAL_ROWS) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 def build_mask2former(directory: Path, labels=DETECTOR_LABELS) -> Path:

@@ -9,7 +9,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from prefopt.interfaces import REFERENCE, STUDENT, Evaluator, PluginConfig
+from prefopt.evaluation import SEED_STRIDE, EvalRow, ImageEvaluator, Scores, write_records
+from prefopt.interfaces import REFERENCE, STUDENT, PluginConfig
 from prefopt.recipe import PromptsConfig
 
 DEFAULT_PROMPTS = [
@@ -23,9 +24,8 @@ DEFAULT_PROMPTS = [
     "a photo of two birds sitting on a wooden fence",
     "an oil painting of a lighthouse at sunset",
 ]
-SEED_STRIDE = 1_000_003
-"""Row i is drawn with seed × SEED_STRIDE + i, so the rows of two nearby seeds do not overlap."""
 LABELS = {REFERENCE: "reference", STUDENT: "fine-tuned"}
+LABELS_OF_RESULTS = {REFERENCE: "reference", STUDENT: "student"}  # the models of <prefix>_results.jsonl
 
 
 def first_rows(prompts: list[str]) -> dict[str, int]:
@@ -36,7 +36,7 @@ def first_rows(prompts: list[str]) -> dict[str, int]:
     return first
 
 
-class ClipScore(Evaluator):
+class ClipScore(ImageEvaluator):
     """CLIP score of the student's images against their prompts, and its win rate over the reference.
 
     Each prompt is drawn ``images_per_prompt`` times, every (prompt, image)
@@ -58,7 +58,8 @@ class ClipScore(Evaluator):
             prefix: pickscore
 
     Writes to the run directory: ``<prefix>_scores.csv`` (one row per image),
-    ``<prefix>_images/student/<row>.png`` (and ``reference/``), and
+    ``<prefix>_images/student/<row>.png`` (and ``reference/``),
+    ``<prefix>_results.jsonl`` (the rows as every image evaluator writes them), and
     ``<prefix>_samples.png``, the first image of every prompt. The recipe's seed
     is not used: every run is scored on the rows of ``seed``.
     """
@@ -101,6 +102,18 @@ class ClipScore(Evaluator):
         n = self.config.images_per_prompt
         prompts = [prompt for prompt in self.prompts() for _ in range(n)]
         return [(prompt, self.config.seed * SEED_STRIDE + i) for i, prompt in enumerate(prompts)]
+
+    def eval_rows(self) -> list[EvalRow]:
+        return [EvalRow(prompt, seed) for prompt, seed in self.rows()]
+
+    def load_scorer(self, device):
+        from prefopt_evaluators.clip_scoring import ClipScorer
+
+        return ClipScorer(self.config.model, self.config.processor, device)
+
+    def score(self, scorer, images, rows: list[EvalRow]) -> Scores:
+        return Scores(per_image={"score": scorer.scores(images, [row.prompt for row in rows], self.config.batch_size,
+                                                        self.config.scale)})
 
     def evaluate(self, backbone, run_dir: str, seed: int) -> dict[str, float]:
         import numpy as np
@@ -160,6 +173,9 @@ class ClipScore(Evaluator):
             for i, (prompt, seed) in enumerate(rows):
                 reference = f"{scores[REFERENCE][i]:.6f}" if REFERENCE in scores else ""
                 writer.writerow([prompt, seed, f"{scores[STUDENT][i]:.6f}", reference])
+        write_records(run_dir / f"{prefix}_results.jsonl", [EvalRow(prompt, seed) for prompt, seed in rows],
+                      {LABELS_OF_RESULTS[s]: Scores(per_image={"score": list(scores[s])}) for s in images},
+                      {LABELS_OF_RESULTS[s]: [image_dir / s / f"{i}.png" for i in range(len(rows))] for s in images})
         first = first_rows([prompt for prompt, _ in rows])
         grid = {LABELS[s]: [images[s][i] for i in first.values()] for s in (REFERENCE, STUDENT) if s in images}
         draw_grid(grid, list(first), run_dir / f"{prefix}_samples.png")

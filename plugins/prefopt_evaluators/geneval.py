@@ -76,7 +76,7 @@ class GenEval(ImageEvaluator):
                 chosen.append(row)
         return chosen
 
-    def rows(self) -> list[EvalRow]:
+    def eval_rows(self) -> list[EvalRow]:
         items = [(row["prompt"], row["tag"], row) for row in self.metadata()]
         return seeded_rows(items, self.config.images_per_prompt, self.config.seed)
 
