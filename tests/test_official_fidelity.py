@@ -99,7 +99,33 @@ DIFFUSION_KTO = {
     "pairs": {"name": "pickapic", "skip_ties": True},
 }
 
+# scripts/train_ddspo_lora_target.sh, step 1 (ddspo/train_lora_target.py): LoRA rank 4, alpha 4 on
+# to_q/to_k/to_v/to_out.0, peft's default init, lr 1e-4 unscaled, torch AdamW defaults, batch 1 × GA 2048 on
+# one GPU (NUM_GPUS default), 300 steps, constant_with_warmup with 0 warmup, fp16; plain ε-MSE on c.
+DDCPP_POLICIES = {
+    "per_process": {"batch": 1, "grad_accum": 2048}, "processes": 1,
+    "lr": 1e-4, "scale_lr": False, "schedule": "constant_with_warmup", "warmup": 0, "steps": 300,
+    "mixed_precision": "fp16", "checkpoint_every": 50, **ADAMW,
+    "objective": {"name": "denoise", "side": "winner"},
+    "backbone": {"pretrained": "CompVis/stable-diffusion-v1-4", "finetune.mode": "lora", "finetune.rank": 4,
+                 "finetune.alpha": 4, "finetune.target_modules": ["to_q", "to_k", "to_v", "to_out.0"],
+                 "finetune.init": "kaiming", "timestep_sampling": "uniform", "resolution": 512},
+    "pairs": {"name": "pickapic", "skip_ties": True},
+}
+# Step 2 (ddspo/train.py --cpp --lora_path): the SD1.x run with beta 8000, batch 1 × GA 2048, 100 steps.
+DDCPP = {
+    **DDSPO_SD15,
+    "per_process": {"batch": 1, "grad_accum": 2048}, "processes": 1, "steps": 100,
+    "objective": {"name": "ddspo", "beta": 8000, "weighting": "none", "noise": "shared", "random_condition": None},
+    "backbone": {"pretrained": "CompVis/stable-diffusion-v1-4", "finetune.mode": "full",
+                 "timestep_sampling": "uniform", "resolution": 512},
+    "pairs": {"name": "pickapic", "skip_ties": True},
+}
+del DDCPP["min_words"]
+
 OFFICIAL = {
+    "sd14_ddcpp_policies": DDCPP_POLICIES,
+    "sd14_ddcpp": DDCPP,
     "sd14_ddspo": {**DDSPO_SD15, "backbone": {**DDSPO_SD15["backbone"],
                                                "pretrained": "CompVis/stable-diffusion-v1-4"}},
     # The official code has neither of these two; they take its SD1.x run's training values.
@@ -217,6 +243,20 @@ def test_sana_lora_learning_rate_is_the_scaled_one(registry):
     train = load_recipe(RECIPES / "sana_ddspo.yaml", registry).recipe.train
     assert train.effective_lr(2) == pytest.approx(4e-8 * 2048)
     assert train.effective_lr(1) == pytest.approx(4e-8 * 1024)  # per-process values as the script: × processes
+
+
+def test_ddcpp_stages_share_pairs_and_hand_over_the_policies(registry):
+    """Stage 2 reads the pairs stage 1 trained on, and the two policies its documented runs write."""
+    policies = load_recipe(RECIPES / "sd14_ddcpp_policies.yaml", registry)
+    loser = load_recipe(RECIPES / "sd14_ddcpp_policies.yaml", registry,
+                        ["objective.side=loser", "output_dir=runs/sd14_ddcpp_policy_l"])
+    ddcpp = load_recipe(RECIPES / "sd14_ddcpp.yaml", registry)
+    objective = ddcpp.to_dict()["objective"]
+    assert objective["winner_policy"] == f"{policies.recipe.output_dir}/final"
+    assert objective["loser_policy"] == f"{loser.recipe.output_dir}/final"
+    assert loser.to_dict()["objective"]["side"] == "loser"
+    assert policies.recipe.pairs.dir == ddcpp.recipe.pairs.dir is not None
+    assert "objective.side=loser output_dir=runs/sd14_ddcpp_policy_l" in (RECIPES / "sd14_ddcpp_policies.yaml").read_text()
 
 
 def test_defaults_match_the_official_argparse_defaults():
