@@ -82,3 +82,70 @@ def test_another_prompt_set_never_reads_parts_built_for_the_first(tmp_path):
     other = TextCache.build(tmp_path, toy, ["2", "3"], 8, single_process())
     assert torch.equal(other.encode(["3", "2"])["condition"], torch.tensor([3, 2]))
 
+
+
+# ------------------------------------------------------------------ integrity
+
+
+def _toy_cache(tmp_path, prompts, calls=None):
+    from prefopt.interfaces import Runtime
+    from prefopt.registry import PluginRegistry
+
+    cls = PluginRegistry().get("backbone", "toy2d")
+    toy = cls(cls.Config(num_conditions=8, hidden=8, layers=1))
+    toy.load(Runtime(device=torch.device("cpu"), dtype=torch.float32))
+    if calls is not None:
+        original = toy.encode_prompts
+        toy.encode_prompts = lambda texts: calls.append(list(texts)) or original(texts)
+    return TextCache.build(tmp_path, toy, prompts, 8, single_process())
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_a_part_is_refused_naming_it_and_deleting_it_then_resuming_repairs(tmp_path):
+    from prefopt.errors import DataError
+
+    cache = _toy_cache(tmp_path, ["0", "1", "2"])
+    part = cache.directory / "part-00000.safetensors"
+    _flip_last_byte(part)
+    fresh = _toy_cache(tmp_path, ["0", "1", "2"])  # a new process: the header still checks out
+    with pytest.raises(DataError, match=r"part-00000\.safetensors is damaged \(row 2 of condition.*--resume"):
+        fresh.encode(["2"])
+    part.unlink()  # what the error says to do, then the run resumes and builds the cache again
+    calls = []
+    repaired = _toy_cache(tmp_path, ["0", "1", "2"], calls)
+    assert calls == [["0", "1", "2"]]
+    assert torch.equal(repaired.encode(["2", "0"])["condition"], torch.tensor([2, 0]))
+
+
+@pytest.mark.parametrize("damage", ["sidecar edited", "index edited", "header edited", "part of another prompt set"])
+def test_damaged_cache_files_are_encoded_again_at_the_start_of_a_run(tmp_path, damage):
+    import json
+    import shutil
+
+    cache = _toy_cache(tmp_path, ["0", "1", "2"])
+    directory = cache.directory
+    if damage == "sidecar edited":
+        sidecar = json.loads((directory / "part-00000.json").read_text())
+        sidecar["rows"]["condition"][0] = sidecar["rows"]["condition"][1]
+        (directory / "part-00000.json").write_text(json.dumps(sidecar))
+    elif damage == "index edited":
+        index = json.loads((directory / "index.json").read_text())
+        index["prompts"] = ["1", "0", "2"]
+        (directory / "index.json").write_text(json.dumps(index))
+    elif damage == "header edited":
+        data = bytearray((directory / "part-00000.safetensors").read_bytes())
+        data[12] ^= 1
+        (directory / "part-00000.safetensors").write_bytes(bytes(data))
+    else:
+        other = _toy_cache(tmp_path, ["3", "4", "5"]).directory
+        for name in ("part-00000.json", "part-00000.safetensors"):
+            shutil.copy(other / name, directory / name)
+    calls = []
+    repaired = _toy_cache(tmp_path, ["0", "1", "2"], calls)
+    assert calls == ([] if damage == "index edited" else [["0", "1", "2"]])
+    assert torch.equal(repaired.encode(["2", "0", "1"])["condition"], torch.tensor([2, 0, 1]))

@@ -87,7 +87,7 @@ class BatchLoader:
             raise batch
         if (got_step, got_micro) != (step, micro):  # the loop and the loader disagree on the order
             raise RuntimeError(f"data loader at step {got_step}.{got_micro}, training at {step}.{micro}")
-        return batch
+        return tuple(batch)  # the DataLoader hands sequences back as lists
 
     def close(self) -> None:
         """Stop the workers (they also stop on their own when this process ends)."""
