@@ -79,7 +79,7 @@ DIFFUSION_DPO = {
     "per_process": {"batch": 1, "grad_accum": 128}, "processes": 16,
     "lr": 1e-8, "scale_lr": True, "schedule": "constant_with_warmup", "warmup": 500, "steps": 2000,
     "mixed_precision": "fp16", "checkpoint_every": 500, **ADAMW,
-    "objective": {"name": "diffusion_dpo", "beta": 5000, "noise": "shared", "prompt_dropout": 0.2,
+    "objective": {"name": "diffusion_dpo", "beta": 5000, "weighting": "none", "noise": "shared", "prompt_dropout": 0.2,
                   "random_condition": None},
     "backbone": {"finetune.mode": "full", "timestep_sampling": "uniform", "resolution": 512},
     "pairs": {"name": "pickapic", "skip_ties": True},

@@ -242,3 +242,19 @@ def test_nonuniform_timesteps_follow_the_official_density(sd_backbones, kind):
     counts = torch.bincount(drawn // 100, minlength=10).double() / n
     mass = density.view(10, 100).sum(dim=1)
     assert torch.all((counts - mass).abs() < 4 * torch.sqrt(mass * (1 - mass) / n) + 1e-9)
+
+
+# --------------------------------------------------------------------------- linear loss weighting
+
+
+def test_dpo_linear_weighting_scales_each_pairs_loss_by_t_fraction():
+    """Official --loss_weighting linear multiplies each pair's DPO loss by t/(T−1), with or without --cpp."""
+    backbone = toy_backbone()
+    backbone.student.output[1].weight.data.add_(0.05)
+    seen = []
+    t_fraction = backbone.t_fraction
+    backbone.t_fraction = lambda t: seen.append(t_fraction(t)) or seen[-1]
+    weighted = FusedStep(backbone, objective("diffusion_dpo", beta=2000, weighting="linear"))(
+        toy_batch(1), step_generator(0, 0, 0, 0), CPU)
+    plain = FusedStep(backbone, objective("diffusion_dpo", beta=2000))(toy_batch(1), step_generator(0, 0, 0, 0), CPU)
+    assert weighted.loss.item() == pytest.approx(plain.loss.item() * seen[0].item(), rel=1e-6)

@@ -30,6 +30,11 @@ class DiffusionDPO(Objective):
         loss_type: Literal["sigmoid", "hinge", "ipo"] = Field(
             "sigmoid", description="sigmoid (DPO), hinge, or ipo: (−Δ/2 − 1/(2β))²"
         )
+        weighting: Literal["none", "linear"] = Field(
+            "none",
+            description="per-pair loss weight over t: none (1) or linear (t_fraction; the official DDSPO code's "
+            "--loss_weighting, which weights its Diffusion-DPO baseline too)",
+        )
         noise: PairNoise = noise_field()
         prompt_dropout: float = Field(
             0.0,
@@ -76,7 +81,8 @@ class DiffusionDPO(Objective):
                                                ref_l=p[REF_L], loser_target=p[REF_L_NEG])
             raw = raw.where(swapped, swapped_terms)
         delta = raw.scaled(inputs.weight).delta()
-        loss = losses.preference_loss(delta, self.config.beta, self.config.loss_type).mean()
+        per_pair = losses.preference_loss(delta, self.config.beta, self.config.loss_type)
+        loss = (per_pair * losses.t_weight(inputs.t_fraction, self.config.weighting)).mean()
         metrics = losses.preference_metrics(loss, raw, delta, self.config.beta)
         if swapped is not None:
             metrics["rand_cond/swapped"] = float(swapped.float().mean())
