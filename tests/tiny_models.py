@@ -389,6 +389,27 @@ def check_training_step(backbone, objective_name: str, outside_the_output: tuple
     assert not torch.equal(probe(backbone, "student"), reference), "the student did not move"
 
 
+def check_fused_step_calls(backbone, monkeypatch) -> None:
+    """One DDSPO step calls the denoiser twice: the reference once on 3·B rows without grad
+    (ε_ref(x_t^w, c), ε_ref(x_t^l, c-), ε_ref(x_t^l, c)), the student once on 2·B rows with grad."""
+    from prefopt.engine.step import FusedStep
+
+    denoiser_class = type(backbone.trainable_module())
+    calls = []
+    forward = denoiser_class.forward
+
+    def record(self, hidden_states, *args, **kwargs):
+        calls.append((hidden_states.shape[0], torch.is_grad_enabled()))
+        return forward(self, hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(denoiser_class, "forward", record)
+    backbone.set_trainable_module(backbone.trainable_module())
+    batch = pair_batch(backbone)
+    FusedStep(backbone, objective("ddspo"))(batch, torch.Generator().manual_seed(0), torch.device("cpu")).loss.backward()
+    n = len(batch)
+    assert sorted(calls) == [(2 * n, True), (3 * n, False)], calls
+
+
 def check_reference_is_frozen(backbone) -> None:
     """A reference prediction records no graph, and leaves the student's weights trainable."""
     trainable = [p for p in backbone.trainable_module().parameters() if p.requires_grad]

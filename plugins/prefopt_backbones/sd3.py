@@ -42,8 +42,10 @@ class SD3Backbone(FlowMatchingBackbone):
     penultimate states side by side, zero-padded to T5's width and followed by
     T5's states, plus the two pooled CLIP projections. ``t5: false`` leaves T5
     out; its states are then zeros, as StableDiffusion3Pipeline makes them
-    without ``text_encoder_3``. The VAE's latents are shifted and scaled
-    (shift_factor, scaling_factor), as the pipeline returns them.
+    without ``text_encoder_3`` (a fully fine-tuned pipeline saved so has no T5
+    either: load it with ``text_encoder_3=None, tokenizer_3=None``, or pass the
+    base model's T5). The VAE's latents are shifted and scaled (shift_factor,
+    scaling_factor), as the pipeline returns them.
     """
 
     name = "sd3"

@@ -1,0 +1,222 @@
+"""The ``sd3`` backbone on a tiny random StableDiffusion3Pipeline (CPU, offline).
+
+The tiny pipeline has the real classes: SD3Transformer2DModel, two
+CLIPTextModelWithProjection encoders, a T5EncoderModel, an AutoencoderKL with
+SD3's shift and scale, and FlowMatchEulerDiscreteScheduler(shift=3.0) as in the
+SD3 / SD3.5 hub configs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import (
+    CLIP_MAX_LENGTH,
+    PROMPTS,
+    SD3_VAE,
+    SD_RESOLUTION,
+    check_fused_step_calls,
+    check_reference_is_frozen,
+    check_training_step,
+    load_backbone,
+    objective,
+    train_steps,
+)
+
+from prefopt_backbones.sd3 import SD3_LORA_TARGETS, SD3Backbone
+
+OBJECTIVES = ["ddspo", "diffusion_dpo", "diffusion_kto"]
+LATENT = (4, SD_RESOLUTION // 2, SD_RESOLUTION // 2)
+# The last MMDiT block keeps only the image stream: its text-stream query feeds nothing.
+TEXT_QUERY_OF_LAST_BLOCK = ("transformer_blocks.1.attn.add_q_proj.",)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+@pytest.mark.parametrize("objective_name", OBJECTIVES)
+def test_training_step(tiny_sd3, objective_name, mode):
+    check_training_step(load_backbone(SD3Backbone, tiny_sd3, mode), objective_name, TEXT_QUERY_OF_LAST_BLOCK)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_one_reference_call_and_one_student_call(tiny_sd3, mode, monkeypatch):
+    check_fused_step_calls(load_backbone(SD3Backbone, tiny_sd3, mode), monkeypatch)
+
+
+def test_reference_prediction_is_frozen(tiny_sd3):
+    check_reference_is_frozen(load_backbone(SD3Backbone, tiny_sd3))
+
+
+def test_defaults_are_the_official_ddspo_sd3_run(tiny_sd3):
+    """precondition_outputs on, logit-normal u, LoRA on both streams' attention, T5 at 77 tokens, VAE in fp32,
+    and σ from the scheduler config's shift-3 table at ⌊u·T⌋ (official ddspo/adapters/sd3.py)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    config = SD3Backbone.Config()
+    assert (config.precondition_outputs, config.timestep_density, config.loss_weighting) == (True, "logit_normal", "none")
+    assert (config.max_sequence_length, config.vae_dtype, config.shift) == (77, "float32", None)
+    assert config.finetune.target_modules == SD3_LORA_TARGETS
+    assert SD3Backbone.Config(finetune={"rank": 4}).finetune.target_modules == SD3_LORA_TARGETS
+
+    backbone = load_backbone(SD3Backbone, tiny_sd3)
+    lora_layers = {name.rsplit(".lora_A", 1)[0] for name, _ in backbone.trainable_module().named_parameters()
+                   if ".lora_A." in name}
+    assert len(lora_layers) == 2 * len(SD3_LORA_TARGETS) - 1  # the last block has no to_add_out
+    t = backbone.sample_timesteps(64, torch.Generator().manual_seed(0))
+    u = compute_density_for_timestep_sampling("logit_normal", 64, 0.0, 1.0, 1.29, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(t, FlowMatchEulerDiscreteScheduler(shift=3.0).timesteps[(u * 1000).long()])
+    x0, noise = torch.randn(2, *LATENT), torch.randn(2, *LATENT)
+    assert torch.equal(backbone.regression_target(x0, noise, t[:2]), x0)
+
+
+def test_shift_setting_overrides_the_config(tiny_sd3):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    backbone = load_backbone(SD3Backbone, tiny_sd3, shift=1.0, timestep_density="uniform")
+    t = backbone.sample_timesteps(64, torch.Generator().manual_seed(0))
+    u = torch.rand(64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(t, FlowMatchEulerDiscreteScheduler(shift=1.0).timesteps[(u * 1000).long()])
+
+
+# ---------------------------------------------------------------------------- prompts
+
+
+def _pipeline(tiny_sd3, **components):
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline.from_pretrained(tiny_sd3, **components)
+
+
+def test_prompts_are_the_pipelines_joint_embeddings(tiny_sd3):
+    """Both CLIPs' penultimate states (padded to T5's width) then 77 T5 states; pooled: both projections."""
+    cond = load_backbone(SD3Backbone, tiny_sd3).encode_prompts(PROMPTS)
+    embeds, _, pooled, _ = _pipeline(tiny_sd3).encode_prompt(
+        PROMPTS, None, None, do_classifier_free_guidance=False, max_sequence_length=77
+    )
+    assert cond["encoder_hidden_states"].shape == (3, CLIP_MAX_LENGTH + 77, 32)
+    assert cond["pooled_projections"].shape == (3, 16)
+    assert torch.allclose(cond["encoder_hidden_states"], embeds, atol=1e-5)
+    assert torch.allclose(cond["pooled_projections"], pooled, atol=1e-6)
+
+
+def test_without_t5_its_states_are_zeros(tiny_sd3, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    with_t5 = load_backbone(SD3Backbone, tiny_sd3).encode_prompts(PROMPTS)
+    backbone = load_backbone(SD3Backbone, tiny_sd3, "full", t5=False)
+    assert backbone.modules["text_encoder_3"] is None and backbone.modules["tokenizer_3"] is None
+    assert backbone.describe()["components"]["text_encoder_3"] is None
+    cond = backbone.encode_prompts(PROMPTS)
+    clip = slice(0, CLIP_MAX_LENGTH)
+    assert torch.equal(cond["encoder_hidden_states"][:, CLIP_MAX_LENGTH:], torch.zeros(3, 77, 32))
+    assert torch.allclose(cond["encoder_hidden_states"][:, clip], with_t5["encoder_hidden_states"][:, clip])
+    assert torch.allclose(cond["pooled_projections"], with_t5["pooled_projections"])
+
+    check_training_step(backbone, "ddspo", TEXT_QUERY_OF_LAST_BLOCK)
+    backbone.save(str(tmp_path / "final"))
+    # A pipeline saved without T5 loads as diffusers loads SD3 without T5.
+    pipeline = StableDiffusion3Pipeline.from_pretrained(tmp_path / "final", text_encoder_3=None, tokenizer_3=None)
+    assert _generate(pipeline).shape == (1, SD_RESOLUTION, SD_RESOLUTION, 3)
+
+
+# ---------------------------------------------------------------------------- the denoiser, data, sampling
+
+
+def test_velocity_is_the_pipelines_one_step_update(tiny_sd3):
+    """One Euler step from pure noise (σ = 1 → 0) is x_T − v(x_T, t=1000): the backbone's prediction must give
+    the pipeline's result on the same noise, prompt and text length (CFG off)."""
+    backbone = load_backbone(SD3Backbone, tiny_sd3, precondition_outputs=False, max_sequence_length=256)
+    noise = torch.randn(1, *LATENT, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([1000.0])
+    velocity = backbone.predict(noise, t, backbone.encode_prompts(PROMPTS[:1]), "student")
+    expected = _pipeline(tiny_sd3)(
+        PROMPTS[:1], num_inference_steps=1, guidance_scale=1.0, height=SD_RESOLUTION, width=SD_RESOLUTION,
+        generator=torch.Generator().manual_seed(4), output_type="latent",
+    ).images
+    assert torch.allclose(noise - velocity, expected, atol=1e-5)
+
+
+def test_identity_and_data_are_shifted_and_scaled_latents(tiny_sd3):
+    backbone = load_backbone(SD3Backbone, tiny_sd3)
+    assert backbone.identity() == {
+        "family": "sd3", "data_space": "latent", "data_shape": list(LATENT),
+        "latent_scaling_factor": SD3_VAE["scaling_factor"], "latent_shift_factor": SD3_VAE["shift_factor"],
+    }
+    latents = backbone.sample(PROMPTS[:2], [0, 1])
+    assert latents.shape == (2, *LATENT)
+    images = backbone.decode(latents)
+    assert images[0].size == (SD_RESOLUTION, SD_RESOLUTION)
+    from prefopt_backbones import images as image_io
+
+    pixels = image_io.to_pixels(images, SD_RESOLUTION)
+    with torch.no_grad():
+        mean = backbone.modules["vae"].encode(pixels).latent_dist.mode()
+    expected = (mean - SD3_VAE["shift_factor"]) * SD3_VAE["scaling_factor"]
+    assert torch.allclose(backbone.encode_data(images), expected, atol=1e-6)
+
+
+def test_sample_matches_the_diffusers_pipeline(tiny_sd3):
+    backbone = load_backbone(SD3Backbone, tiny_sd3, train=False)
+    expected = _pipeline(tiny_sd3)(
+        PROMPTS[:2], num_inference_steps=2, guidance_scale=7.5, height=SD_RESOLUTION, width=SD_RESOLUTION,
+        generator=[torch.Generator().manual_seed(s) for s in (3, 4)], output_type="latent",
+    ).images
+    assert torch.allclose(backbone.sample(PROMPTS[:2], [3, 4]), expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def _generate(pipeline) -> np.ndarray:
+    return pipeline("a red car", num_inference_steps=2, height=SD_RESOLUTION, width=SD_RESOLUTION,
+                    output_type="np").images
+
+
+def _assert_pipeline_transformer_is_student(transformer, backbone):
+    """The pipeline's transformer gives the student's velocity (the backbone has preconditioning off)."""
+    x = torch.randn(2, *LATENT, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100.0, 700.0])
+    cond = backbone.encode_prompts(PROMPTS[:2])
+    with torch.no_grad():
+        expected = backbone.predict(x, t, cond, "student")
+        got = transformer(hidden_states=x, timestep=t, encoder_hidden_states=cond["encoder_hidden_states"],
+                          pooled_projections=cond["pooled_projections"]).sample
+    assert not torch.allclose(expected, backbone.predict(x, t, cond, "reference"))
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_lora_save_loads_into_the_pipeline(tiny_sd3, tmp_path):
+    backbone = load_backbone(SD3Backbone, tiny_sd3, "lora", precondition_outputs=False,
+                             finetune={"rank": 4, "alpha": 8})
+    train_steps(backbone, objective("ddspo"), 2)
+    backbone.save(str(tmp_path / "final"))
+    pipeline = _pipeline(tiny_sd3)
+    pipeline.load_lora_weights(tmp_path / "final")
+    _assert_pipeline_transformer_is_student(pipeline.transformer, backbone)
+    assert np.isfinite(_generate(pipeline)).all()
+
+    fresh = load_backbone(SD3Backbone, tiny_sd3, "lora", precondition_outputs=False)  # the saved rank wins
+    fresh.load_trained(str(tmp_path / "final"))
+    _assert_pipeline_transformer_is_student(pipeline.transformer, fresh)
+
+
+def test_full_save_is_a_pipeline(tiny_sd3, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    backbone = load_backbone(SD3Backbone, tiny_sd3, "full", precondition_outputs=False)
+    train_steps(backbone, objective("diffusion_dpo"), 1)
+    backbone.save(str(tmp_path / "final"))
+    pipeline = StableDiffusion3Pipeline.from_pretrained(tmp_path / "final")
+    _assert_pipeline_transformer_is_student(pipeline.transformer, backbone)
+    assert _generate(pipeline).shape == (1, SD_RESOLUTION, SD_RESOLUTION, 3)
+
+
+def test_describe_reads_nothing():
+    described = SD3Backbone(SD3Backbone.Config(pretrained="stabilityai/stable-diffusion-3.5-large")).describe()
+    assert described["pipeline"] == "StableDiffusion3Pipeline"
+    assert described["components"]["text_encoder_3"] == (
+        "T5EncoderModel from stabilityai/stable-diffusion-3.5-large/text_encoder_3"
+    )
+    assert described["trained"]["target_modules"] == SD3_LORA_TARGETS
+    assert described["forward_process"]["kind"] == "flow matching (target x0, EDM-preconditioned)"
