@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from prefopt.errors import PrefoptError
+from prefopt.errors import PrefoptError, describe_os_error
 
 app = typer.Typer(
     add_completion=False,
@@ -71,6 +71,10 @@ def run(
     """Run a recipe: (pretrain the reference), build pairs, train, evaluate."""
     from prefopt.pipeline import print_plan, run_recipe
 
+    if resume and overwrite:
+        raise PrefoptError("--resume continues the run in output_dir and --overwrite replaces it: pass one of them")
+    if checkpoint != "latest" and not resume:
+        raise PrefoptError("--checkpoint chooses where --resume starts: pass --resume too")
     registry, resolved = _load(recipe, overrides)
     if dry_run:
         print_plan(resolved, registry)
@@ -130,13 +134,53 @@ def bench(
     recipe: Path = RecipeArg,
     overrides: Optional[List[str]] = OverridesArg,
     steps: int = typer.Option(5, help="timed training steps after one warm-up step"),
-    output: Path = typer.Option(Path("docs/performance.md"), help="markdown file the result is appended to"),
+    output: Optional[Path] = typer.Option(
+        None, help="markdown file the result is appended to (default: docs/performance.md; "
+                   "with --data: <output_dir>/bench-data.md)"),
+    data: bool = typer.Option(False, "--data", help="measure the pair data path instead: bytes read per step, "
+                                                    "loader pairs/s, data wait (see docs/performance.md)"),
+    pairs: int = typer.Option(20000, "--pairs", help="--data: rows of the synthetic pair dataset"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="--data: keep (and reuse) the synthetic "
+                                                                     "dataset here instead of a temporary directory"),
 ) -> None:
     """Time training steps of a recipe and append pairs/s and memory to docs/performance.md."""
+    registry, resolved = _load(recipe, overrides)
+    if data:
+        from prefopt.data.bench import run_data_bench
+
+        run_data_bench(resolved, registry, pairs=pairs, steps=steps, output=output, data_dir=data_dir,
+                       overrides=overrides or [])
+        return
     from prefopt.bench import run_bench
 
-    registry, resolved = _load(recipe, overrides)
-    run_bench(resolved, registry, steps=steps, output=output, overrides=overrides or [])
+    run_bench(resolved, registry, steps=steps, output=output or Path("docs/performance.md"),
+              overrides=overrides or [])
+
+
+@app.command()
+def push(
+    run_dir: Path = typer.Argument(..., help="run directory whose final/ is uploaded", show_default=False),
+    repo_id: str = typer.Option(..., "--repo-id", help="Hub model repository, e.g. user/sd15-ddspo", show_default=False),
+    private: bool = typer.Option(False, "--private", help="create the repository private"),
+) -> None:
+    """Upload a run's final/ (weights, model card, samples) to the Hugging Face Hub; rerun to resume."""
+    from prefopt.hub import push_run
+
+    typer.echo(f"pushed {run_dir / 'final'} to {push_run(run_dir, repo_id, private=private)}")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="run directory of a LoRA run", show_default=False),
+    to: str = typer.Option(..., "--to", help="merged: LoRA fused into a full diffusers pipeline; "
+                           "kohya: the LoRA in the kohya/webui key layout (A1111, ComfyUI)", show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", help="where to write (default: RUN_DIR/export/...)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing export"),
+) -> None:
+    """Export a LoRA run's final/ as a merged diffusers pipeline or a kohya-format LoRA file."""
+    from prefopt.export import export_run
+
+    typer.echo(f"wrote {export_run(run_dir, to, _registry(), output=output, overwrite=overwrite)}")
 
 
 @pairs_app.command("build")
@@ -180,6 +224,13 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:
+        # Any file prefopt could not read or write (permissions, a full disk, an I/O error)
+        # that no closer handler named: the file and the reason, in one line.
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {describe_os_error(exc)}", err=True)
+        sys.exit(2)
     except Exception as exc:
         # Usage errors (an unknown option, a missing argument). typer bundles its
         # own click, so match the click exception types by name, not by import.

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 from prefopt.data.pairset import write_atomic
-from prefopt.errors import PrefoptError, RecipeError
+from prefopt.errors import PrefoptError, RecipeError, file_errors
 from prefopt.recipe import ResolvedRecipe, resolve
 
 
@@ -33,12 +34,28 @@ def merge_variant(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
     return out
 
 
+def variant_dir(root: Path, name: str, seed: int) -> Path:
+    """``<root>/<name>/seed-<seed>``, refused unless it lies inside ``root``.
+
+    Variant names are checked when the recipe is validated (plain names only);
+    this is the second guard, on the path itself, before anything is written or cleared.
+    """
+    path = root / name / f"seed-{seed}"
+    base = root.resolve()
+    resolved_path = path.resolve()
+    if resolved_path.parent.parent != base or name in ("", ".", ".."):
+        raise RecipeError(f"compare variant {name!r} would write outside {root} ({resolved_path})")
+    return path
+
+
 def _variant_recipe(resolved: ResolvedRecipe, registry, name: str, overrides: dict, seed: int, root: Path):
     base = resolved.to_dict()
     base.pop("compare", None)
+    if not isinstance(overrides, dict):
+        raise RecipeError(f"{resolved.source}: compare.variants.{name} must be a section of overrides")
     data = merge_variant(base, overrides)
     data["seed"] = seed
-    data["output_dir"] = str(root / name / f"seed-{seed}")
+    data["output_dir"] = str(variant_dir(root, name, seed))
     return resolve(data, registry, where=f"{resolved.source} (variant {name})")
 
 
@@ -71,10 +88,12 @@ def summarise(results: dict[str, list[dict[str, float]]]) -> tuple[list[str], li
 
 def write_report(root: Path, metrics: list[str], rows: list[dict[str, str]], seeds: list[int],
                  figure: Path | None) -> None:
-    with open(root / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    with file_errors(root / "results.csv", "write"):
+        write_atomic(root / "results.csv", table.getvalue().encode())
     lines = ["# Comparison", "", f"Mean ± std over seeds {seeds}.", "",
              "| variant | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for row in rows:
@@ -82,22 +101,32 @@ def write_report(root: Path, metrics: list[str], rows: list[dict[str, str]], see
         lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
     if figure is not None:
         lines += ["", f"![comparison]({figure.name})"]
-    write_atomic(root / "report.md", ("\n".join(lines) + "\n").encode())
+    with file_errors(root / "report.md", "write"):
+        write_atomic(root / "report.md", ("\n".join(lines) + "\n").encode())
 
 
 def run_compare(resolved: ResolvedRecipe, registry, overwrite: bool = False) -> Path:
-    from prefopt.evaluation import extend_compare_report
-    from prefopt.pipeline import pretrain_reference, run_recipe
+    """Every variant and seed, holding the comparison's directory throughout."""
+    from prefopt.locking import hold
+    from prefopt.pipeline import process_state
 
     compare = resolved.recipe.compare
     if compare is None:
         raise RecipeError(f"{resolved.source}: prefopt compare needs a `compare:` section with variants")
-    root = Path(resolved.recipe.output_dir)
-    if (root / "results.csv").exists() and not overwrite:
-        raise PrefoptError(f"{root} already holds a comparison; pass --overwrite to replace it")
-    root.mkdir(parents=True, exist_ok=True)
     # Resolve every variant first: a typo in the last one must not cost the first ones' runs.
     plans = resolve_variants(resolved, registry)
+    root = Path(resolved.recipe.output_dir)
+    with hold(root, "comparison directory", process_state()):
+        if (root / "results.csv").exists() and not overwrite:
+            raise PrefoptError(f"{root} already holds a comparison; pass --overwrite to replace it")
+        return _compare_held(resolved, registry, plans, root)
+
+
+def _compare_held(resolved: ResolvedRecipe, registry, plans, root: Path) -> Path:
+    from prefopt.evaluation import extend_compare_report
+    from prefopt.pipeline import pretrain_reference, run_recipe
+
+    compare = resolved.recipe.compare
 
     results: dict[str, list[dict[str, float]]] = {name: [] for name in compare.variants}
     for seed in compare.seeds:
@@ -114,7 +143,8 @@ def run_compare(resolved: ResolvedRecipe, registry, overwrite: bool = False) -> 
     metrics, rows = summarise(results)
     write_report(root, metrics, rows, compare.seeds, figure)
     extend_compare_report(resolved, registry, root)  # bar charts with intervals, per-category tables, sample grid
-    write_atomic(root / "results.json", (json.dumps(results, indent=1) + "\n").encode())
+    with file_errors(root / "results.json", "write"):
+        write_atomic(root / "results.json", (json.dumps(results, indent=1) + "\n").encode())
     print(f"comparison written: {root / 'report.md'}")
     return root
 
@@ -126,6 +156,6 @@ def _figure(resolved: ResolvedRecipe, registry, root: Path, compare, seed: int) 
             continue
         evaluator = registry.get("evaluator", component.name)(resolved.config("eval", i))
         if hasattr(evaluator, "comparison_figure"):
-            runs = {name: root / name / f"seed-{seed}" for name in compare.variants}
+            runs = {name: variant_dir(root, name, seed) for name in compare.variants}
             return evaluator.comparison_figure(runs, root / f"seed-{seed}", root / "comparison.png")
     return None

@@ -1,5 +1,13 @@
 """User-facing errors: one clear line, exit code 2, no traceback unless --debug."""
 
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
 
 class PrefoptError(Exception):
     """A mistake in the user's input or environment, explained in one line."""
@@ -15,6 +23,14 @@ class PluginError(PrefoptError):
 
 class DataError(PrefoptError):
     """A pair dataset that is missing, corrupt, or made for another backbone."""
+
+
+class IntegrityError(PrefoptError):
+    """A file prefopt wrote earlier that no longer holds what was written (or belongs to another run)."""
+
+
+class DirectoryBusyError(PrefoptError):
+    """A run directory or pair dataset that another live prefopt process holds."""
 
 
 class MissingDependencyError(PrefoptError):
@@ -35,3 +51,32 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(module, extra) from exc
+
+
+def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
+    """``<file>: <reason>`` for an OSError; ``path`` names the file when the error does not."""
+    if exc.errno:
+        reason = exc.strerror or os.strerror(exc.errno)
+    else:
+        reason = str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        reason += " (free some space, then run the command again)"
+    name = exc.filename if exc.filename is not None else path
+    if name is None:
+        return reason
+    if exc.filename2 is not None:
+        return f"{os.fsdecode(name)} -> {os.fsdecode(exc.filename2)}: {reason}"
+    return f"{os.fsdecode(name)}: {reason}"
+
+
+@contextmanager
+def file_errors(path: str | os.PathLike, doing: str) -> Iterator[None]:
+    """Turn an OSError inside the block into one line: ``could not <doing> <file>: <reason>``.
+
+    For writes through an open handle, whose OSError carries no file name (a full
+    disk mid-write), ``path`` is the file named.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise PrefoptError(f"could not {doing} {describe_os_error(exc, Path(path))}") from exc

@@ -11,35 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from prefopt.data.pairset import write_atomic
-from prefopt.errors import DataError, PrefoptError
+from prefopt.checksums import read_json
+from prefopt.errors import DataError, PrefoptError, describe_os_error, file_errors
 from prefopt.recipe import PairsConfig, ResolvedRecipe, TrainConfig
 from prefopt.registry import PluginRegistry
+from prefopt.rundir import RESOLVED, prepare_run_dir, save_final, verify_final  # noqa: F401 - RESOLVED: model_card
 
 log = logging.getLogger(__name__)
 
-RESOLVED = "recipe.resolved.yaml"
 PRETRAIN_RECORD = "pretrain.json"  # the settings a pretrained reference/ was made with
-# Fields that change nothing a run computes: they may differ on --resume.
-NON_RESULT_FIELDS = {
-    "output_dir", "eval", "compare",
-    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "pretrain.train.log_every", "pretrain.train.checkpoint_every", "pretrain.train.keep_checkpoints",
-    # Only matters once a step is non-finite; switching stop -> skip is how such a run is rescued.
-    "train.on_nonfinite", "pretrain.train.on_nonfinite",
-    # How far ahead the data is read, not which data: the order is fixed by the step.
-    "train.loader_workers", "train.loader_prefetch", "pretrain.train.loader_workers", "pretrain.train.loader_prefetch",
-}
-# What --overwrite keeps of a run directory (everything else goes): stages that are
-# reused when their settings match.
-REUSABLE = ("pairs", "reference")
 
 
 # -- accelerate ------------------------------------------------------------------------
@@ -52,9 +38,29 @@ def make_accelerator(train: TrainConfig):
     # Stages of one process may ask for different precisions; accelerate keeps
     # one global state, so start each stage from a clean one.
     AcceleratorState._reset_state(reset_partial_state=False)
+    set_tf32(train.allow_tf32)
     # cpu=True without a GPU: processes started by torchrun / `accelerate launch --multi_gpu`
     # then form one gloo group instead of each running alone as "process 0 of 1".
-    return Accelerator(mixed_precision=train.mixed_precision, cpu=not torch.cuda.is_available())
+    # step_scheduler_with_optimizer=False: the trainer steps the LR schedule once per optimizer
+    # step itself; accelerate's default would step it once per process (see Trainer.setup).
+    return Accelerator(mixed_precision=train.mixed_precision, cpu=not torch.cuda.is_available(),
+                       step_scheduler_with_optimizer=False)
+
+
+def set_tf32(allow: bool) -> None:
+    """TF32 for float32 matmuls and convolutions on CUDA (tensor cores of Ampere and newer GPUs).
+
+    About 10 mantissa bits in the products, accumulated in float32: the
+    speed-up diffusers' training scripts take with ``--allow_tf32``. Older
+    GPUs and other devices ignore the setting; on a CPU machine nothing is set.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    precision = "tf32" if allow else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
 
 
 def process_state():
@@ -99,65 +105,6 @@ def runtime_for(accelerator, train: bool = True):
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     return Runtime(device=accelerator.device, dtype=dtype, accelerator=accelerator, train=train)
-
-
-# -- run directory rules ---------------------------------------------------------------------
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
-def first_difference(old: dict, new: dict) -> str | None:
-    """The first dotted field that differs and changes results, or None."""
-    a, b = _flatten(old), _flatten(new)
-    for key in sorted(set(a) | set(b)):
-        if any(key == f or key.startswith(f + ".") for f in NON_RESULT_FIELDS):
-            continue
-        if a.get(key) != b.get(key):
-            return f"{key} ({a.get(key)!r} -> {b.get(key)!r})"
-    return None
-
-
-def prepare_run_dir(run_dir: Path, resolved: ResolvedRecipe, resume: bool, overwrite: bool) -> None:
-    resolved_path = run_dir / RESOLVED
-    if resume:
-        if not resolved_path.is_file():
-            raise PrefoptError(f"--resume: {run_dir} holds no run to resume (no {RESOLVED})")
-        difference = first_difference(yaml.safe_load(resolved_path.read_text()), resolved.to_dict())
-        if difference:
-            raise PrefoptError(f"--resume: the recipe differs from the run's in {difference}; "
-                               "resume with the same recipe or start a new output_dir")
-        return
-    if resolved_path.exists() and not overwrite:
-        raise PrefoptError(f"{run_dir} already holds a run; pass --overwrite to replace it or --resume to continue it")
-    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in REUSABLE) if run_dir.is_dir() else []
-    if foreign and not overwrite:  # never delete what a user put there without being asked
-        raise PrefoptError(f"output_dir {run_dir} is not empty (it holds {foreign[0]!r}); "
-                           "pass --overwrite to clear it or choose another output_dir")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise PrefoptError(f"output_dir {run_dir} is not writable: {exc.strerror or exc}") from None
-    # Under `accelerate launch` every process has looked before the main one changes anything.
-    state = process_state()
-    state.wait_for_everyone()
-    if state.is_main_process:
-        for target in run_dir.iterdir():
-            if target.name in REUSABLE:
-                continue
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
-        write_atomic(resolved_path, resolved.to_yaml().encode())
-    state.wait_for_everyone()
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -216,31 +163,19 @@ def pretrained_reference_fingerprint(pretrained: str | None) -> str | None:
     if not pretrained:
         return None
     record = Path(pretrained).parent / PRETRAIN_RECORD
-    return hashlib.sha256(record.read_bytes()).hexdigest() if record.is_file() else None
-
-
-def save_final(backbone, run_dir: Path, accelerator) -> Path:
-    """Write final/ whole or not at all."""
-    final, tmp = run_dir / "final", run_dir / ".final.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            backbone.save(str(tmp))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-        except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise PrefoptError(f"could not write {final}: {exc.strerror or exc}") from exc
-            raise
-    accelerator.wait_for_everyone()
-    return final
+    if not record.is_file():
+        return None
+    with file_errors(record, "read"):
+        return hashlib.sha256(record.read_bytes()).hexdigest()
 
 
 def _stage(*, run_dir: Path, backbone_cls, backbone_config, objective, pairs_cfg: PairsConfig, source_config,
            train_cfg: TrainConfig, registry, seed: int, resume: str | None, base_dir: Path,
-           pairs_dir: Path | None = None):
-    """Load the backbone, build pairs if needed, train, save final/. Returns the loaded backbone."""
+           pairs_dir: Path | None = None, command: str = "prefopt run RECIPE"):
+    """Load the backbone, build pairs if needed, train, save final/. Returns the loaded backbone.
+
+    ``command``: how the user started this, for the repair a refused checkpoint names.
+    """
     from prefopt.data.pairset import PairDataset
     from prefopt.engine.checkpoint import find_checkpoint
     from prefopt.engine.trainer import train
@@ -248,20 +183,32 @@ def _stage(*, run_dir: Path, backbone_cls, backbone_config, objective, pairs_cfg
     accelerator = make_accelerator(train_cfg)
     seed_everything(seed)  # a randomly initialised backbone must be the same in every run and process
     backbone = backbone_cls(backbone_config)
-    backbone.load(runtime_for(accelerator), objective.policies())
+    policies = objective.policies()
+    check_policies(policies)
+    backbone.load(runtime_for(accelerator), policies)
     # Pairs in a place prefopt chose (not a user's pairs.dir) are rebuilt when stale.
     owned = pairs_cfg.dir is None
     pairs_dir = Path(pairs_cfg.dir or pairs_dir or run_dir / "pairs")
     build_pairs(pairs_cfg, source_config, registry, backbone, pairs_dir, seed, accelerator, base_dir,
                 replace_stale=owned)
     dataset = PairDataset(pairs_dir, identity=backbone.identity())
-    checkpoint = find_checkpoint(run_dir, resume) if resume else None
+    checkpoint = find_checkpoint(run_dir, resume, command=command) if resume else None
     result = train(backbone=backbone, objective=objective, dataset=dataset, cfg=train_cfg, run_dir=run_dir,
                    seed=seed, accelerator=accelerator, resume_from=checkpoint)
     save_final(backbone, run_dir, accelerator)
     if result.skipped_steps:
         log.warning("%d steps were skipped for non-finite values", result.skipped_steps)
     return backbone
+
+
+def check_policies(policies: dict[str, str]) -> None:
+    """DD-CPP policies are local weights: a missing one is named here, not looked up on the hub."""
+    for name, path in policies.items():
+        if not Path(path).exists():
+            raise PrefoptError(f"objective: the {name} weights {path} do not exist (a DD-CPP policy is a "
+                               "local directory, e.g. another run's final/)")
+        if (Path(path) / "integrity.json").is_file():  # a prefopt final/: use it only if whole
+            verify_final(Path(path), repair=f"train that policy again; its {Path(path).parent} holds the run")
 
 
 def pretrain_reference(resolved: ResolvedRecipe, registry, run_dir: Path, resume: bool) -> Path:
@@ -271,11 +218,13 @@ def pretrain_reference(resolved: ResolvedRecipe, registry, run_dir: Path, resume
     record = {"backbone": resolved.to_dict()["backbone"], "pretrain": resolved.to_dict()["pretrain"],
               "seed": recipe.seed}
     record_path = stage_dir / PRETRAIN_RECORD
-    if (stage_dir / "final").is_dir() and record_path.is_file():
-        if json.loads(record_path.read_text()) == record:
-            log.info("reusing the pretrained reference in %s", stage_dir)
-            return stage_dir / "final"
-    can_resume = resume and record_path.is_file() and json.loads(record_path.read_text()) == record
+    same_settings = record_path.is_file() and read_json(record_path, "pretraining record") == record
+    if (stage_dir / "final").is_dir() and same_settings:
+        verify_final(stage_dir / "final", repair=f"remove {stage_dir} (rm -r {stage_dir}) and run the command "
+                                               "again: the reference is then trained anew")
+        log.info("reusing the pretrained reference in %s", stage_dir)
+        return stage_dir / "final"
+    can_resume = resume and same_settings
     # Under `accelerate launch` every process has looked before the main one changes anything.
     state = process_state()
     state.wait_for_everyone()
@@ -294,7 +243,7 @@ def pretrain_reference(resolved: ResolvedRecipe, registry, run_dir: Path, resume
            source_config=resolved.config("pretrain", "pairs", "source"), train_cfg=recipe.pretrain.train,
            registry=registry, seed=recipe.seed,
            resume="latest" if can_resume and _has_checkpoint(stage_dir) else None,
-           base_dir=Path(resolved.source).parent)
+           base_dir=Path(resolved.source).parent, command=f"prefopt run {resolved.source}")
     return stage_dir / "final"
 
 
@@ -311,11 +260,19 @@ def backbone_config_for(resolved: ResolvedRecipe, pretrained: Path | None):
 
 def run_recipe(resolved: ResolvedRecipe, registry: PluginRegistry, resume: str | None = None,
                overwrite: bool = False, pairs_dir: Path | None = None, reference: Path | None = None) -> dict:
-    """Run every stage of a recipe; returns the evaluation results."""
+    """Run every stage of a recipe, holding its run directory throughout; returns the evaluation results."""
+    from prefopt.locking import hold
+
+    check_gpu_options(resolved.recipe)
+    with hold(resolved.recipe.output_dir, "run directory", process_state()):
+        return _run_held(resolved, registry, resume, overwrite, pairs_dir, reference)
+
+
+def _run_held(resolved: ResolvedRecipe, registry: PluginRegistry, resume: str | None, overwrite: bool,
+              pairs_dir: Path | None, reference: Path | None) -> dict:
     recipe = resolved.recipe
     run_dir = Path(recipe.output_dir)
-    check_gpu_options(recipe)
-    prepare_run_dir(run_dir, resolved, resume=resume is not None, overwrite=overwrite)
+    prepare_run_dir(run_dir, resolved, resume=resume is not None, overwrite=overwrite, state=process_state())
     if reference is None and recipe.pretrain is not None:
         reference = pretrain_reference(resolved, registry, run_dir, resume=resume is not None)
     objective = registry.get("objective", recipe.objective.name)(resolved.config("objective"))
@@ -325,9 +282,16 @@ def run_recipe(resolved: ResolvedRecipe, registry: PluginRegistry, resume: str |
                       backbone_config=backbone_config_for(resolved, reference), objective=objective,
                       pairs_cfg=recipe.pairs, source_config=resolved.config("pairs", "source"),
                       train_cfg=recipe.train, registry=registry, seed=recipe.seed, resume=resume,
-                      base_dir=Path(resolved.source).parent, pairs_dir=pairs_dir)
+                      base_dir=Path(resolved.source).parent, pairs_dir=pairs_dir,
+                      command=f"prefopt run {resolved.source}")
     results = evaluate_with(resolved, registry, backbone, run_dir)
     if process_state().is_main_process:
+        from prefopt.model_card import write_model_card
+
+        # After evaluation, so the card carries eval.json's scores and the evaluators' figures.
+        write_model_card(run_dir, getattr(backbone, "pipeline_class", None),
+                         pairs_dir=Path(recipe.pairs.dir or pairs_dir or run_dir / "pairs"),
+                         num_processes=process_state().num_processes)
         print(f"run finished: {run_dir / 'final'}")
         for figure in sorted(run_dir.glob("*.png")):
             print(f"  figure: {figure}")
@@ -343,13 +307,17 @@ def evaluate_with(resolved: ResolvedRecipe, registry, backbone, run_dir: Path) -
         return results
     for i, component in enumerate(resolved.recipe.eval):
         evaluator = registry.get("evaluator", component.name)(resolved.config("eval", i))
-        scores = evaluator.evaluate(backbone, str(run_dir), resolved.recipe.seed)
+        try:
+            scores = evaluator.evaluate(backbone, str(run_dir), resolved.recipe.seed)
+        except OSError as exc:  # a full disk or a file it cannot read, named
+            raise PrefoptError(f"eval.{i} ({component.name}): {describe_os_error(exc)}") from exc
         clash = sorted(set(scores) & set(results))
         if clash:  # e.g. CLIP score and PickScore both under the default prefix
             raise PrefoptError(f"eval.{i} ({component.name}) reports {clash[0]!r} again; give it another prefix")
         results.update(scores)
     if resolved.recipe.eval:
-        write_atomic(run_dir / "eval.json", (json.dumps(results, indent=1) + "\n").encode())
+        with file_errors(run_dir / "eval.json", "write"):
+            write_atomic(run_dir / "eval.json", (json.dumps(results, indent=1) + "\n").encode())
         for key, value in results.items():
             print(f"  {key}: {value:.4f}")
     state.wait_for_everyone()
@@ -357,7 +325,9 @@ def evaluate_with(resolved: ResolvedRecipe, registry, backbone, run_dir: Path) -
 
 
 def evaluate_run(resolved: ResolvedRecipe, registry, weights: Path | None = None) -> dict:
-    """``prefopt eval``: load final/ (or given weights) as the student and evaluate."""
+    """``prefopt eval``: load final/ (or given weights) as the student and evaluate, holding the run directory."""
+    from prefopt.locking import hold
+
     run_dir = Path(resolved.recipe.output_dir)
     weights = Path(weights or run_dir / "final")
     if not weights.is_dir():
@@ -365,6 +335,16 @@ def evaluate_run(resolved: ResolvedRecipe, registry, weights: Path | None = None
     reference = run_dir / "reference" / "final" if resolved.recipe.pretrain else None
     if reference is not None and not reference.is_dir():
         raise PrefoptError(f"no pretrained reference at {reference}; run the recipe first")
+    with hold(run_dir, "run directory", process_state()):
+        verify_final(weights, repair=f"write it again with `prefopt run {resolved.source} --resume`")
+        if reference is not None:
+            verify_final(reference, repair=f"remove {reference.parent} (rm -r {reference.parent}) and run "
+                                           f"`prefopt run {resolved.source} --overwrite`: it is trained anew")
+        return _evaluate_held(resolved, registry, weights, reference)
+
+
+def _evaluate_held(resolved: ResolvedRecipe, registry, weights: Path, reference: Path | None) -> dict:
+    run_dir = Path(resolved.recipe.output_dir)
     accelerator = make_accelerator(resolved.recipe.train)
     backbone = registry.get("backbone", resolved.recipe.backbone.name)(backbone_config_for(resolved, reference))
     backbone.load(runtime_for(accelerator, train=False), {})
@@ -373,7 +353,14 @@ def evaluate_run(resolved: ResolvedRecipe, registry, weights: Path | None = None
 
 
 def build_pairs_for(resolved: ResolvedRecipe, registry) -> Path:
-    """``prefopt pairs build``: the recipe's pair dataset with its reference backbone."""
+    """``prefopt pairs build``: the recipe's pair dataset with its reference backbone, holding the run directory."""
+    from prefopt.locking import hold
+
+    with hold(resolved.recipe.output_dir, "run directory", process_state()):
+        return _build_pairs_held(resolved, registry)
+
+
+def _build_pairs_held(resolved: ResolvedRecipe, registry) -> Path:
     recipe = resolved.recipe
     run_dir = Path(recipe.output_dir)
     check_gpu_options(recipe)

@@ -8,11 +8,16 @@ mistake is reported with its dotted path before anything heavy is imported.
 from __future__ import annotations
 
 import difflib
+import math
+import re
+import reprlib
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prefopt.errors import RecipeError
 from prefopt.interfaces import PluginConfig
@@ -20,7 +25,11 @@ from prefopt.registry import PluginRegistry
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+
+# Seeds feed numpy's and torch's generators, which take 32-bit seeds.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class Component(BaseModel):
@@ -43,12 +52,19 @@ class TrainConfig(Strict):
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     optimizer: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's β1, β2, each in [0, 1)")
     weight_decay: float = Field(
         0.01, ge=0, description="decoupled weight decay (0.01: the official DDSPO, Diffusion-DPO and KTO scripts)"
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip; null disables")
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, value):
+        if not all(0 <= beta < 1 for beta in value):
+            raise ValueError("each of Adam's betas must be in [0, 1)")
+        return value
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -60,6 +76,9 @@ class TrainConfig(Strict):
     )
     text_cache: bool = Field(
         False, description="encode every prompt once before training and read embeddings from <output_dir>/text_cache"
+    )
+    allow_tf32: bool = Field(
+        True, description="TF32 tensor cores for float32 matmuls and convolutions (CUDA Ampere and newer; no effect elsewhere)"
     )
     loader_workers: int = Field(
         2, ge=0, description="DataLoader worker processes reading pairs ahead of the step (0: read in the loop)"
@@ -94,7 +113,7 @@ class PromptsConfig(Strict):
     dedupe: bool = True
     min_words: int = Field(1, ge=0)
     max_count: int | None = Field(None, ge=1)
-    shuffle_seed: int | None = None
+    shuffle_seed: Seed | None = None
 
 
 class PairsConfig(Strict):
@@ -122,12 +141,43 @@ class CompareConfig(Strict):
     variants: dict[str, dict[str, Any]] = Field(
         description="variant name -> dotted overrides, e.g. {objective: {name: diffusion_dpo, beta: 5000}}"
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     figure: str | None = Field(None, description="evaluator whose figure() draws the comparison")
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, variants):
+        # A name becomes the directory <output_dir>/<name>/: it must stay one plain name inside it.
+        if not variants:
+            raise ValueError("needs at least one variant")
+        seen: dict[str, str] = {}
+        for name in variants:
+            if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name) or SEED_DIR.fullmatch(name):
+                raise ValueError(f"variant name {_short(name)} must be letters, digits, '_', '-' or '.', "
+                                 "start with a letter or digit, and not look like seed-N")
+            if name.lower() in RESERVED_NAMES:
+                raise ValueError(f"variant name {name!r} is the name of a file compare writes")
+            if name.lower() in seen:  # one directory on a case-insensitive file system
+                raise ValueError(f"variant names {seen[name.lower()]!r} and {name!r} differ only in case")
+            seen[name.lower()] = name
+        return variants
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds):
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice (each seed is one run per variant)")
+        return seeds
+
+
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SEED_DIR = re.compile(r"seed-\d+", re.IGNORECASE)
+RESERVED_NAMES = {"results.csv", "results.json", "report.md", "comparison.png"}
 
 
 class Recipe(Strict):
-    seed: int = 0
+    seed: Seed = 0
     output_dir: str = "runs/default"
     backbone: Component
     pretrain: PretrainConfig | None = None
@@ -136,6 +186,15 @@ class Recipe(Strict):
     train: TrainConfig = TrainConfig()
     eval: list[Component] = Field(default_factory=list)
     compare: CompareConfig | None = None
+
+    @model_validator(mode="after")
+    def _figure_names_an_evaluator(self):
+        if self.compare is not None and self.compare.figure is not None:
+            names = [component.name for component in self.eval]
+            if self.compare.figure not in names:
+                have = ", ".join(names) or "none"
+                raise ValueError(f"compare.figure {self.compare.figure!r} names no evaluator in eval (have: {have})")
+        return self
 
 
 # Where each component section lives, and which plugin kind it names.
@@ -173,6 +232,16 @@ class ResolvedRecipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+_REPR = reprlib.Repr()  # keyword settings need Python 3.12
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 2, 4, 4, 4, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
+
+
+def _short(value: Any) -> str:
+    """A value as an error message shows it: cut short, however large (or deeply aliased) it is."""
+    return _REPR.repr(value)
+
+
 def _dotted(loc: tuple) -> str:
     return ".".join(str(part) for part in loc)
 
@@ -206,10 +275,10 @@ def _explain(error: dict, model: type[BaseModel], prefix: tuple, where: str, ove
         # it created on its way (`trian.max_steps=3` creates `trian`).
         named = [k for k in overrides if k == path or k.startswith(path + ".")]
         if named:
-            return f"override {named[0]}={overrides[named[0]]!r} names no field{hint}"
+            return f"override {named[0]}={_short(overrides[named[0]])} names no field{hint}"
         return f"{where}: unknown key {path!r}{hint}"
     value = error.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    shown = "" if isinstance(value, dict) else f" (got {_short(value)})"
     # A model-level check has an empty path; pydantic prefixes the message of
     # a validator's ValueError with "Value error, ", which says nothing here.
     place = f"{path}: " if path else ""
@@ -221,19 +290,105 @@ def _first_error(exc: ValidationError, model, prefix, where, overrides) -> Recip
     return RecipeError(_explain(exc.errors()[0], model, prefix, where, overrides))
 
 
+# -- YAML: no duplicate keys, bounded aliases ------------------------------------------------
+MAX_NODES = 100_000  # values a recipe may expand to, aliases followed; real recipes hold a few hundred
+
+
+class YAMLRefused(Exception):
+    """Valid YAML that a recipe may not be: a key given twice, aliases that expand without bound."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (at any depth) and alias bombs, before anything is built."""
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<` merges are meant to be overridden; unhashable keys fail later
+            key = self._scalar_key(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise YAMLRefused(f"key {_short(key)} appears twice, on lines {first[key]} and {line}")
+            first[key] = line
+        return node
+
+    def _scalar_key(self, node) -> Any:
+        """The key as the recipe will see it (``1`` and ``0x1`` are one key), or its text if odd."""
+        try:
+            key = self.construct_object(node)
+            hash(key)
+        except Exception:  # noqa: BLE001 - a bad scalar is reported when the document is built
+            return (node.tag, node.value)
+        self.constructed_objects.pop(node, None)
+        return (type(key).__name__, key) if isinstance(key, bool) else key
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_expansion(root) -> None:
+    """Refuse a document whose aliases make it expand past MAX_NODES values, or refer to themselves.
+
+    Iterative, each distinct node visited once: the check takes time linear in the
+    file however much the aliases would expand it.
+    """
+    sizes: dict[int, int] = {}
+    ancestors: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            ancestors.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > MAX_NODES:
+                line = node.start_mark.line + 1
+                raise YAMLRefused(f"line {line}: aliases expand this value to more than {MAX_NODES} values")
+            continue
+        if key in sizes:
+            continue
+        if key in ancestors:
+            raise YAMLRefused(f"line {node.start_mark.line + 1}: an alias refers to a value that contains it")
+        ancestors.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+    try:
+        data = parse_yaml(raw.decode("utf-8"))
+    except YAMLRefused as exc:
+        raise RecipeError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"{path}:{line}: malformed YAML: {problem}") from None
-    except UnicodeDecodeError:
-        raise RecipeError(f"{path}: not a text file") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except Exception as exc:  # noqa: BLE001 - YAML's constructors raise anything: 2001-13-45, "!!float ''"
         problem = "nested too deeply" if isinstance(exc, RecursionError) else (str(exc) or type(exc).__name__)
         raise RecipeError(f"{path}: malformed YAML: {problem.splitlines()[0]}") from None
@@ -254,7 +409,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key.isprintable():
         raise RecipeError(f"override {text!r} has a control character in its field name")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
+    except YAMLRefused as exc:
+        raise RecipeError(f"override {key}: {exc}") from None
     except Exception:  # noqa: BLE001 - not YAML (YAML's constructors raise anything): the text itself
         value = raw
     return key, value
@@ -263,7 +420,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def _list_index(items: list, part: str, key: str, value: Any) -> int:
     """``eval.0.samples=...``: a numeric part indexes a list section."""
     if not part.isdigit() or int(part) >= len(items):
-        raise RecipeError(f"override {key}={value!r}: {part!r} is not an index of a list of {len(items)}")
+        raise RecipeError(f"override {key}={_short(value)}: {part!r} is not an index of a list of {len(items)}")
     return int(part)
 
 
@@ -280,12 +437,70 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                     child = node[part] = {}
                 node = child
             if not isinstance(node, (dict, list)):
-                raise RecipeError(f"override {key}={value!r}: {part!r} is not a section")
+                raise RecipeError(f"override {key}={_short(value)}: {part!r} is not a section")
         if isinstance(node, list):
             node[_list_index(node, parts[-1], key, value)] = value
         else:
             node[parts[-1]] = value
     return data
+
+
+# -- numbers: finite, and a boolean is not a number -----------------------------------------------
+def _nonfinite(data: Any, loc: tuple = ()) -> tuple | None:
+    """Where the first NaN or infinity in raw recipe data is (no recipe field takes one)."""
+    stack = [(data, loc)]
+    while stack:
+        value, here = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return here
+        if isinstance(value, dict):
+            stack.extend((v, here + (k,)) for k, v in reversed(list(value.items())))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, here + (i,)) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def _types(annotation: Any) -> list[Any]:
+    """The plain types an annotation admits (through Optional, unions, Annotated)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _types(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for arg in typing.get_args(annotation) for t in _types(arg)]
+    return [annotation]
+
+
+def _bool_as_number(model: type[BaseModel], data: Any, loc: tuple = ()) -> tuple | None:
+    """Where raw data gives true/false to a number field (pydantic would read it as 1/0)."""
+    if not isinstance(data, dict):
+        return None
+    for name, field in model.model_fields.items():
+        if name not in data:
+            continue
+        value, types = data[name], _types(field.annotation)
+        numeric = [t for t in types if t in (int, float)]
+        if isinstance(value, bool) and numeric and bool not in types:
+            return loc + (name,)
+        for kind in types:
+            if typing.get_origin(kind) is tuple and isinstance(value, (list, tuple)):
+                args = typing.get_args(kind)
+                if any(isinstance(item, bool) and arg in (int, float)
+                       for item, arg in zip(value, args)):
+                    return loc + (name,)
+            if isinstance(kind, type) and issubclass(kind, BaseModel) and isinstance(value, dict):
+                found = _bool_as_number(kind, value, loc + (name,))
+                if found:
+                    return found
+    return None
+
+
+def _check_numbers(model: type[BaseModel], data: Any, where: str, prefix: tuple = ()) -> None:
+    found = _nonfinite(data, prefix)
+    if found is not None:
+        raise RecipeError(f"{where}: {_dotted(found)}: must be a finite number")
+    found = _bool_as_number(model, data, prefix)
+    if found is not None:
+        raise RecipeError(f"{where}: {_dotted(found)}: expected a number, got a boolean")
 
 
 def resolve(
@@ -296,6 +511,7 @@ def resolve(
 ) -> ResolvedRecipe:
     """Validate raw recipe data into a Recipe and each component into its Config."""
     overrides = overrides or {}
+    _check_numbers(Recipe, data, where)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -314,6 +530,7 @@ def resolve(
     for path, kind, component in components:
         dotted = _dotted(path)
         plugin = registry.get(kind, component.name, where=f"{where}: {dotted}.name")
+        _check_numbers(plugin.Config, component.params, where, path)
         try:
             configs[path] = plugin.Config.model_validate(component.params)
         except ValidationError as exc:

@@ -88,13 +88,17 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def assert_checkpoint_whole(path: Path, files: set[str]) -> None:
-    """The checkpoint holds exactly ``files``, names its own step, and every file reads back."""
-    assert {p.name for p in path.iterdir()} == files, path
+    """The checkpoint holds exactly ``files`` (and its integrity record), names its own step,
+    every file reads back, and every file matches the checksum recorded for it."""
+    from prefopt.checksums import RECORD, verify
+
+    assert {p.name for p in path.iterdir()} == files | {RECORD}, path
     state = json.loads((path / "trainer_state.json").read_text())
     assert path.name == f"step-{state['step']:08d}"
     load_file(str(path / "model.safetensors"))
     for name in files - {"model.safetensors", "trainer_state.json"}:
         torch.load(path / name, weights_only=False)
+    verify(path, "checkpoint", "(test)", run_id=state["run_id"])
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

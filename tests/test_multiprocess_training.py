@@ -29,6 +29,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from prefopt.checksums import run_id_of
+from prefopt.locking import is_lock_file
+
 from helpers import (ENV, FINAL, SLOW_PREFERENCE_STEPS, assert_checkpoint_whole, assert_same_weights, checkpoints,
                      metric_rows, two_process_launch, write_toy_recipe)
 
@@ -45,11 +48,11 @@ os.replace(tmp, os.path.join(record, f"pid-{rank}"))  # whole or absent
 log = open(os.path.join(record, f"events-{rank}.jsonl"), "a", buffering=1)
 current = {}
 import prefopt.engine.trainer as trainer
-accumulate = trainer._accumulate
-def recording_accumulate(step_fn, dataset, sampler, cfg, step, *args, **kwargs):
-    current.update(stage=step_fn.objective.name, step=step)
-    return accumulate(step_fn, dataset, sampler, cfg, step, *args, **kwargs)
-trainer._accumulate = recording_accumulate
+accumulate = trainer.Trainer.accumulate
+def recording_accumulate(self, step):
+    current.update(stage=self.objective.name, step=step)
+    return accumulate(self, step)
+trainer.Trainer.accumulate = recording_accumulate
 take = trainer.EpochSampler.take
 def recording_take(self, position, count):
     indices = take(self, position, count)
@@ -234,11 +237,11 @@ def test_two_process_run_writes_each_thing_once(uninterrupted):
     assert [p.name for p in checkpoints(run_dir)] == ["step-00000003"]
     assert_checkpoint_whole(checkpoints(run_dir)[0], CHECKPOINT_FILES)
     assert json.loads((checkpoints(run_dir)[0] / "trainer_state.json").read_text()) == {
-        "skipped_steps": 0, "step": 3}
+        "skipped_steps": 0, "step": 3, "run_id": run_id_of(run_dir)}
     assert checkpoints(run_dir / "reference") == []  # 30 steps, no checkpoint_every
     assert_no_leftovers(run_dir)
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "final", "metrics.jsonl", "pairs", "recipe.resolved.yaml", "reference"]
+    assert sorted(p.name for p in run_dir.iterdir() if not is_lock_file(p.name)) == [
+        "checkpoints", "final", "metrics.jsonl", "pairs", "recipe.resolved.yaml", "reference", "run.json"]
 
 
 def test_the_kl_baseline_is_averaged_across_processes(uninterrupted):
@@ -291,31 +294,39 @@ def test_processes_read_disjoint_data(uninterrupted):
 
 
 def test_accumulate_gives_every_micro_step_of_every_process_its_own_slice():
-    """``_accumulate`` itself, in this process, with grad_accum 3 over 3 processes: no overlap anywhere."""
+    """``Trainer.accumulate`` itself, in this process, with grad_accum 3 over 3 processes: no overlap anywhere."""
     from prefopt.engine import trainer
     from prefopt.interfaces import LossOutput
 
     size, batch, grad_accum, world = 72, 4, 3, 3  # 36 reads a step, 2 steps an epoch
-    sampler = trainer.EpochSampler(size, seed=0)
     read: list[list[int]] = []
 
     class Dataset:
+        def __len__(self):
+            return size
+
         def batch(self, indices):
             read.append(list(indices))
             x = torch.zeros(len(indices), 2)
             return x, x, ["c"] * len(indices), ["n"] * len(indices)
 
-    accelerator = SimpleNamespace(no_sync=lambda module: torch.enable_grad(), autocast=torch.enable_grad,
-                                  backward=lambda loss: None, device=torch.device("cpu"))
     cfg = SimpleNamespace(grad_accum=grad_accum, batch_size=batch)
-    step_fn = lambda *args: LossOutput(torch.tensor(1.0))  # noqa: E731
+    workers = []
+    for rank in range(world):
+        accelerator = SimpleNamespace(no_sync=lambda module: torch.enable_grad(), autocast=torch.enable_grad,
+                                      backward=lambda loss: None, device=torch.device("cpu"),
+                                      num_processes=world, process_index=rank)
+        worker = trainer.Trainer(backbone=None, objective=None, dataset=Dataset(), cfg=cfg, run_dir=Path("."),
+                                 seed=0, accelerator=accelerator)
+        worker.sampler, worker.module = trainer.EpochSampler(size, seed=0), None
+        worker.step_fn = lambda *args: LossOutput(torch.tensor(1.0))  # noqa: E731
+        workers.append(worker)
     sequence = []
     for step in range(7):
         per_step = []
-        for rank in range(world):
+        for worker in workers:
             read.clear()
-            trainer._accumulate(step_fn, Dataset(), sampler, cfg, step, 0, rank, world, accelerator, None,
-                                lambda x: x)
+            worker.accumulate(step)
             assert len(read) == grad_accum and all(len(r) == batch for r in read)
             per_step.append(read[:])
         flat = [i for reads in per_step for r in reads for i in r]

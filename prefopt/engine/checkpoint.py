@@ -1,21 +1,24 @@
-"""Checkpoints that are whole or absent.
+"""Checkpoints that are whole or absent, checksummed, and tied to their run.
 
 accelerate writes the model, optimizer, LR scheduler, grad scaler and RNG
-states into a temporary directory; we add ``trainer_state.json`` (step, skips)
-and rename the directory into place. A kill at any moment leaves either the
-previous checkpoints untouched or one more complete checkpoint.
+states into a temporary directory; we add ``trainer_state.json`` (step, skips,
+run id) and ``integrity.json`` (the sha256 of every file and the run id), and
+rename the directory into place. A kill at any moment leaves either the
+previous checkpoints untouched or one more complete checkpoint. A checkpoint
+is verified file by file before it is loaded, and only the run that wrote it
+may resume from it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
 from pathlib import Path
 
-from prefopt.errors import PrefoptError
+from prefopt.errors import PrefoptError, describe_os_error, file_errors
+from prefopt.checksums import new_run_id, read_json, run_id_of, seal, verify, write_run_record
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +33,47 @@ def checkpoint_dir(run_dir: Path) -> Path:
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = checkpoint_dir(run_dir)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    with file_errors(root, "list"):
+        if not root.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in root.iterdir()
+                 if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
     return [p for _, p in sorted(found)]
 
 
-def find_checkpoint(run_dir: Path, which: str) -> Path:
+def _named(run_dir: Path, which: str) -> Path:
+    """``step-N`` or a path to one, which must lie in this run's checkpoints/ directory."""
+    root = checkpoint_dir(run_dir)
+    candidate = Path(which) if ("/" in which or os.sep in which) else root / which
+    try:
+        inside = candidate.resolve().parent == root.resolve()
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside or not _NAME.match(candidate.name):
+        raise PrefoptError(f"--checkpoint {which!r}: name a checkpoint of this run, step-NNNNNNNN in {root}")
+    return candidate
+
+
+def find_checkpoint(run_dir: Path, which: str, command: str = "prefopt run RECIPE") -> Path:
+    """The checkpoint to resume from ('latest' or a name), verified to be whole and this run's.
+
+    ``command`` is how the user started the run; refusals end with the command that recovers.
+    """
     checkpoints = list_checkpoints(run_dir)
     if which == "latest":
         if not checkpoints:
             raise PrefoptError(f"--resume: no checkpoint in {checkpoint_dir(run_dir)}")
-        return checkpoints[-1]
-    candidate = Path(which)
-    if not candidate.is_absolute():
-        candidate = checkpoint_dir(run_dir) / which
-    if not (candidate / STATE_FILE).is_file():
-        names = ", ".join(p.name for p in checkpoints) or "none"
-        raise PrefoptError(f"--resume: no checkpoint {which!r} (available: {names})")
-    return candidate
+        chosen = checkpoints[-1]
+    else:
+        chosen = _named(run_dir, which)
+        if not (chosen / STATE_FILE).is_file():
+            names = ", ".join(p.name for p in checkpoints) or "none"
+            raise PrefoptError(f"--resume: no checkpoint {which!r} (available: {names})")
+    earlier = [p.name for p in checkpoints if p.name < chosen.name]
+    then = f"from {earlier[-1]}" if earlier else "from step 0"
+    repair = f"delete it (rm -r {chosen}) and run `{command} --resume`: training resumes {then}"
+    verify(chosen, "checkpoint", repair, run_id=run_id_of(run_dir))
+    return chosen
 
 
 def _discard(path: Path) -> None:
@@ -70,7 +95,24 @@ def remove_leftovers(run_dir: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def _run_id_for_saving(run_dir: Path) -> str:
+    """The run's id; a run directory that has none (training called directly) gets one now."""
+    run_id = run_id_of(run_dir)
+    if run_id is None:
+        run_id = new_run_id()
+        write_run_record(run_dir, run_id)
+    return run_id
+
+
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int) -> Path:
+    import json
+
     root = checkpoint_dir(run_dir)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
@@ -81,8 +123,13 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
         accelerator.wait_for_everyone()
         try:
             accelerator.save_state(str(tmp), safe_serialization=True)
+            # Every process has written its RNG state before the directory is sealed and renamed.
+            accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+                run_id = _run_id_for_saving(run_dir)
+                state = {**state, "step": step, "run_id": run_id}
+                (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+                seal(tmp, run_id)
                 _fsync_tree(tmp)
                 if final.exists():
                     _discard(final)
@@ -91,8 +138,10 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-    except OSError as exc:
-        raise PrefoptError(f"could not write checkpoint {final}: {exc.strerror or exc}") from exc
+    except PrefoptError as exc:
+        raise PrefoptError(f"could not write checkpoint {final}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - torch and safetensors report a full disk as RuntimeError
+        raise PrefoptError(f"could not write checkpoint {final}: {_first_line(exc)}") from exc
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for old in list_checkpoints(run_dir)[:-keep]:
@@ -104,8 +153,15 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
 
 
 def load_checkpoint(accelerator, path: Path) -> dict:
-    accelerator.load_state(str(path))
-    return json.loads((path / STATE_FILE).read_text())
+    """Load a checkpoint that :func:`find_checkpoint` verified; returns its trainer state."""
+    state = read_json(Path(path) / STATE_FILE, "checkpoint state")
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise PrefoptError(f"checkpoint state {Path(path) / STATE_FILE} has no valid step")
+    try:
+        accelerator.load_state(str(path))
+    except Exception as exc:  # noqa: BLE001 - a checkpoint of another model shape: torch raises RuntimeError
+        raise PrefoptError(f"could not load checkpoint {path}: {_first_line(exc)}") from exc
+    return state
 
 
 def _fsync_tree(directory: Path) -> None:

@@ -1,0 +1,148 @@
+"""One command at a time in a directory: run directories and pair datasets being built.
+
+A directory is held with ``flock`` on lock files inside it, for as long as the
+command runs. The kernel drops a flock when its holder dies, however it dies
+(``kill -9`` included), so a lock is never left behind. Two files take part:
+
+* ``.prefopt.lock`` -- held exclusively by the command's main process. A second
+  command fails to take it and is refused with one line naming the holder,
+  whose pid and command line the holder writes into the file.
+* ``.prefopt.lock.ranks`` -- held shared by every process of the command (all
+  ranks of an ``accelerate launch``). Before joining, the main process checks
+  that no process of an earlier command still holds it: when rank 0 of a job
+  dies, its other ranks may live on for a while (writing a checkpoint, say),
+  and a new command must not clear the directory under them.
+
+The lock files are never deleted (a deleted and re-created lock file would let
+two holders in) and never count as content of the directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+from prefopt.errors import DirectoryBusyError, file_errors
+
+LOCK = ".prefopt.lock"
+RANKS = ".prefopt.lock.ranks"
+LOCK_FILES = (LOCK, RANKS)
+
+# Directories this process holds: resolved path -> [open lock handles, nesting depth].
+# A nested hold of the same directory (compare -> run -> pairs) reuses the outer one:
+# a second flock on a new open file would conflict with this process's own lock.
+_held: dict[str, list] = {}
+
+
+def is_lock_file(name: str) -> bool:
+    return name in LOCK_FILES
+
+
+def _holder_record() -> str:
+    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command[:300]})
+
+
+def _describe_holder(handle: IO[str]) -> str:
+    handle.seek(0)
+    try:
+        record = json.loads(handle.read() or "{}")
+        pid, command, host = record["pid"], record["command"], record.get("host")
+    except (ValueError, KeyError, TypeError):
+        return "another prefopt process"  # the holder has not written its record yet
+    where = f" on {host}" if host and host != socket.gethostname() else ""
+    return f"pid {pid}{where}: {command}"
+
+
+def _try_flock(handle: IO[str], mode: int) -> bool:
+    try:
+        fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _open(path: Path) -> IO[str]:
+    with file_errors(path, "open the lock file"):
+        return open(path, "a+", encoding="utf-8")
+
+
+def _acquire_main(directory: Path, what: str) -> list[IO[str]]:
+    lock, ranks = _open(directory / LOCK), _open(directory / RANKS)
+    try:
+        if not _try_flock(lock, fcntl.LOCK_EX):
+            raise DirectoryBusyError(f"{what} {directory} is in use by another prefopt command "
+                                     f"({_describe_holder(lock)}); wait for it to end or stop it")
+        if not _try_flock(ranks, fcntl.LOCK_EX):
+            raise DirectoryBusyError(f"{what} {directory} is still in use by processes of an earlier command "
+                                     f"({_describe_holder(lock)}); wait for them to end or stop them")
+        with file_errors(directory / LOCK, "write"):
+            lock.seek(0)
+            lock.truncate()
+            lock.write(_holder_record())
+            lock.flush()
+        # Downgrade to the shared hold every rank takes; no other command can come
+        # between the two steps, because this process holds LOCK exclusively.
+        fcntl.flock(ranks.fileno(), fcntl.LOCK_SH)
+    except BaseException:
+        lock.close()
+        ranks.close()
+        raise
+    return [lock, ranks]
+
+
+def _join(directory: Path, what: str) -> list[IO[str]]:
+    ranks = _open(directory / RANKS)
+    if not _try_flock(ranks, fcntl.LOCK_SH):  # cannot happen while our main process holds LOCK
+        ranks.close()
+        raise DirectoryBusyError(f"{what} {directory} is in use by another prefopt command")
+    return [ranks]
+
+
+@contextmanager
+def hold(directory: str | os.PathLike, what: str = "run directory", state=None) -> Iterator[Path]:
+    """Hold ``directory`` (created if missing) for the block, or refuse in one line if another command does.
+
+    ``state`` is accelerate's ``PartialState`` when the command runs as several
+    processes: its main process takes the exclusive lock, and the others join
+    after a barrier. Without it, this process is the whole command.
+    """
+    directory = Path(directory)
+    with file_errors(directory, "create"):
+        directory.mkdir(parents=True, exist_ok=True)
+    key = str(directory.resolve())
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield directory
+        finally:
+            _held[key][1] -= 1
+        return
+    main = state is None or state.is_main_process
+    handles: list[IO[str]] = []
+    try:
+        if main:
+            handles = _acquire_main(directory, what)
+        if state is not None:
+            # Rank 0's refusal ends the launch; the other ranks join only a hold it won.
+            state.wait_for_everyone()
+            if not main:
+                handles = _join(directory, what)
+        _held[key] = [handles, 1]
+        yield directory
+    finally:
+        if _held.get(key, [None])[0] is handles:
+            del _held[key]
+        for handle in handles:
+            handle.close()  # closing the last descriptor releases the flock
+
+
+def holds(directory: str | os.PathLike) -> bool:
+    """Whether this process holds ``directory`` now."""
+    return str(Path(directory).resolve()) in _held
