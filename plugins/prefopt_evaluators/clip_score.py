@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import shutil
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
 
+from prefopt.data.pairset import write_atomic
 from prefopt.evaluation import SEED_STRIDE, EvalRow, ImageEvaluator, Scores, write_records
 from prefopt.interfaces import REFERENCE, STUDENT, PluginConfig
 from prefopt.recipe import PromptsConfig
@@ -167,12 +169,13 @@ class ClipScore(ImageEvaluator):
             (image_dir / source).mkdir(parents=True)
             for i, image in enumerate(source_images):
                 image.save(image_dir / source / f"{i}.png")
-        with open(run_dir / f"{prefix}_scores.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["prompt", "seed", "student_score", "reference_score"])
-            for i, (prompt, seed) in enumerate(rows):
-                reference = f"{scores[REFERENCE][i]:.6f}" if REFERENCE in scores else ""
-                writer.writerow([prompt, seed, f"{scores[STUDENT][i]:.6f}", reference])
+        table = io.StringIO(newline="")
+        writer = csv.writer(table)
+        writer.writerow(["prompt", "seed", "student_score", "reference_score"])
+        for i, (prompt, seed) in enumerate(rows):
+            reference = f"{scores[REFERENCE][i]:.6f}" if REFERENCE in scores else ""
+            writer.writerow([prompt, seed, f"{scores[STUDENT][i]:.6f}", reference])
+        write_atomic(run_dir / f"{prefix}_scores.csv", table.getvalue().encode())  # whole or absent
         write_records(run_dir / f"{prefix}_results.jsonl", [EvalRow(prompt, seed) for prompt, seed in rows],
                       {LABELS_OF_RESULTS[s]: Scores(per_image={"score": list(scores[s])}) for s in images},
                       {LABELS_OF_RESULTS[s]: [image_dir / s / f"{i}.png" for i in range(len(rows))] for s in images})

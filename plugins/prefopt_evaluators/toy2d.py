@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from pydantic import Field
@@ -21,11 +22,15 @@ def read_samples(path: Path):
 
 
 def write_samples(path: Path, points, conditions) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["x", "y", "condition"])
-        for (x, y), c in zip(points.tolist(), conditions.tolist()):
-            writer.writerow([f"{x:.6f}", f"{y:.6f}", c])
+    """samples.csv, written whole or not at all (a full disk never leaves a cut file)."""
+    from prefopt.data.pairset import write_atomic
+
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["x", "y", "condition"])
+    for (x, y), c in zip(points.tolist(), conditions.tolist()):
+        writer.writerow([f"{x:.6f}", f"{y:.6f}", c])
+    write_atomic(Path(path), table.getvalue().encode())
 
 
 class Toy2DModes(Evaluator):

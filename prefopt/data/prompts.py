@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from prefopt.errors import DataError, require
+from prefopt.errors import DataError, describe_os_error, require
 from prefopt.recipe import PromptsConfig
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -122,7 +122,13 @@ def _read_values(config: PromptsConfig, base_dir: Path | None) -> tuple[list[Any
         reader = READERS.get(path.suffix.lower())
         if reader is None:
             raise DataError(f"unsupported prompt file {path}: use {FORMATS}")
-        return reader(path, config.column), str(path)
+        try:
+            return reader(path, config.column), str(path)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"prompt file {path} is not UTF-8 text (byte {exc.start}); "
+                            "convert it, e.g. with iconv -t UTF-8") from None
+        except OSError as exc:
+            raise DataError(f"cannot read prompt file {describe_os_error(exc, path)}") from None
     if path.suffix.lower() not in FILE_SUFFIXES and HUB_ID.match(config.path):
         return _read_with_load_dataset(config.path, config), config.path
     raise DataError(f"prompt file not found: {path}")
