@@ -86,14 +86,14 @@ DIFFUSION_DPO = {
 }
 # diffusion-kto exps/example.sh: 4 processes × 2 images × GA 1, lr 1e-7 unscaled, constant_with_warmup 200,
 # 20000 steps, fp16, 8-bit AdamW, gradient checkpointing, full UNet; train script: beta 1000, λ_D = λ_U = 1,
-# --proportion_empty_prompts 0.2, weight decay 0.01; config.json: gradient clipping 1.0.
+# --proportion_empty_prompts 0.2, weight decay 0.01, one noise draw per image; config.json: gradient clipping 1.0.
 # A prefopt pair gives one desirable and one undesirable image, so images = 2 × pairs.
 DIFFUSION_KTO = {
     "per_process": {"batch": 2, "grad_accum": 1}, "processes": 4, "images_per_pair": 2,
     "lr": 1e-7, "scale_lr": False, "schedule": "constant_with_warmup", "warmup": 200, "steps": 20000,
     "mixed_precision": "fp16", "checkpoint_every": 5000, **ADAMW, "optimizer": "adamw8bit",
     "objective": {"name": "diffusion_kto", "beta": 1000, "lambda_desirable": 1.0, "lambda_undesirable": 1.0,
-                  "prompt_dropout": 0.2},
+                  "noise": "independent", "prompt_dropout": 0.2},
     "backbone": {"finetune.mode": "full", "gradient_checkpointing": True, "timestep_sampling": "uniform",
                  "resolution": 512},
     "pairs": {"name": "pickapic", "skip_ties": True},

@@ -191,7 +191,7 @@ def test_random_condition_and_prompt_dropout_do_not_combine(tmp_path):
 # --------------------------------------------------------------------------- different noise per side
 
 
-@pytest.mark.parametrize("name", ["ddspo", "diffusion_dpo"])
+@pytest.mark.parametrize("name", ["ddspo", "diffusion_dpo", "diffusion_kto"])
 def test_independent_noise_draws_one_noise_per_side_at_one_timestep(name):
     backbone = toy_backbone()
     seen = []
@@ -200,8 +200,8 @@ def test_independent_noise_draws_one_noise_per_side_at_one_timestep(name):
     out = FusedStep(backbone, objective(name, noise="independent"))(toy_batch(), step_generator(0, 0, 0, 0), CPU)
     (noise_w, t_w), (noise_l, t_l) = seen
     assert torch.equal(t_w, t_l) and not torch.equal(noise_w, noise_l)
-    # Student == reference still gives ln 2 (to float rounding, which β = 16000 magnifies).
-    assert out.loss.item() == pytest.approx(math.log(2), abs=1e-5)
+    # Student == reference still gives DPO's and DDSPO's ln 2 and KTO's 1/2 (to float rounding).
+    assert out.loss.item() == pytest.approx(0.5 if name == "diffusion_kto" else math.log(2), abs=1e-5)
     # The shared-noise run draws exactly what it drew before the option existed: t, then one noise.
     seen.clear()
     FusedStep(backbone, objective(name))(toy_batch(), step_generator(0, 0, 0, 0), CPU)

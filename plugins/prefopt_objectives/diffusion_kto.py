@@ -6,7 +6,7 @@ from pydantic import Field
 
 from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs, PluginConfig
 from prefopt_objectives.prompt_rewrites import PromptDropout
-from prefopt_objectives.slots import STUDENT_AND_REF, target_errors
+from prefopt_objectives.slots import STUDENT_AND_REF, PairNoise, noise_field, target_errors
 
 
 class DiffusionKTO(Objective):
@@ -23,6 +23,7 @@ class DiffusionKTO(Objective):
         beta: float = Field(1000.0, gt=0, description="β in σ(±β(g − KL)) (published SD1.5: 1000)")
         lambda_desirable: float = Field(1.0, gt=0, description="λ_D: weight of desirable (winner) samples")
         lambda_undesirable: float = Field(1.0, gt=0, description="λ_U: weight of undesirable (loser) samples")
+        noise: PairNoise = noise_field()
         prompt_dropout: float = Field(
             0.0,
             ge=0,
@@ -33,6 +34,9 @@ class DiffusionKTO(Objective):
 
     def predictions(self):
         return STUDENT_AND_REF
+
+    def independent_noise(self) -> bool:
+        return self.config.noise == "independent"
 
     def prompt_rewrite(self, train_prompts: set[str]):
         return PromptDropout(self.config.prompt_dropout) if self.config.prompt_dropout > 0 else None
