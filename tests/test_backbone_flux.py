@@ -209,3 +209,36 @@ def test_describe_reads_nothing():
     )
     assert described["forward_process"]["kind"] == "flow matching (target noise - x0)"
     assert described["sampling"]["guidance_scale"] == 3.5
+    assert described["forward_process"]["guidance"].startswith("3.5")
+
+
+def test_shipped_recipe_takes_the_official_sd3_run_and_the_diffusers_flux_script():
+    """recipes/flux_ddspo.yaml: the DDSPO values of the official SD3 run (the code has no FLUX run); the FLUX
+    values of diffusers' train_dreambooth_lora_flux.py defaults and FluxPipeline's."""
+    from pathlib import Path
+
+    from prefopt.recipe import load_recipe
+    from prefopt.registry import PluginRegistry
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "flux_ddspo.yaml"
+    data = load_recipe(path, PluginRegistry()).to_dict()
+    official_sd3 = {
+        "train": {"batch_size": 4, "grad_accum": 256, "lr": 4e-8, "scale_lr": True, "lr_scheduler": "constant",
+                  "warmup_steps": 0, "max_steps": 100, "optimizer": "adamw", "weight_decay": 0.01,
+                  "max_grad_norm": 1.0, "checkpoint_every": 50},
+        "objective": {"name": "ddspo", "beta": 2000.0, "weighting": "none", "noise": "shared"},
+        "backbone": {"resolution": 1024},
+    }
+    diffusers_flux = {
+        "backbone": {"pretrained": "black-forest-labs/FLUX.1-dev", "guidance": 3.5, "max_sequence_length": 512,
+                     "shift": None, "dynamic_shift": False, "timestep_density": "uniform", "loss_weighting": "none",
+                     "precondition_outputs": False, "num_inference_steps": 28, "guidance_scale": 3.5,
+                     "denoiser_dtype": "auto", "text_encoder_dtype": "auto", "vae_dtype": "auto"},
+        "train": {"mixed_precision": "bf16"},
+    }
+    for table in (official_sd3, diffusers_flux):
+        for section, values in table.items():
+            for key, value in values.items():
+                assert data[section][key] == value, f"{section}.{key}"
+    assert data["backbone"]["finetune"] == {"mode": "lora", "rank": 128, "alpha": 128.0, "init": "gaussian",
+                                            "target_modules": ["to_k", "to_q", "to_v", "to_out.0"]}

@@ -220,3 +220,49 @@ def test_describe_reads_nothing():
     )
     assert described["trained"]["target_modules"] == SD3_LORA_TARGETS
     assert described["forward_process"]["kind"] == "flow matching (target x0, EDM-preconditioned)"
+
+
+# ---------------------------------------------------------------------------- the shipped recipes
+
+# The official DDSPO SD3 run (KU-MIIL/DDSPO f8e47a5, scripts/train_ddspo_sd3.sh, ddspo/args.py defaults,
+# ddspo/adapters/sd3.py, ddspo/prepare_latents.py): per GPU 4 × GA 256, "effective batch 2048" = 2 GPUs,
+# lr 4e-8 --scale_lr, constant, no warmup, 100 steps, beta 2000, fp16, AdamW (0.9, 0.999) wd 0.01,
+# clip 1.0, checkpoints every 50; LoRA r128 = alpha, gaussian init, DEFAULT_LORA_TARGETS; transformer
+# weights fp32 (autocast), VAE fp32; logit-normal u (0, 1), preconditioned outputs, no σ weighting,
+# the scheduler config's σ table; T5 at 77 tokens; pairs from 25 steps at CFG 7.5, pipeline T5 length.
+OFFICIAL_SD3 = {
+    "train": {"batch_size": 4, "grad_accum": 256, "lr": 4e-8, "scale_lr": True, "lr_scheduler": "constant",
+              "warmup_steps": 0, "max_steps": 100, "optimizer": "adamw", "adam_betas": [0.9, 0.999],
+              "weight_decay": 0.01, "max_grad_norm": 1.0, "mixed_precision": "fp16", "checkpoint_every": 50},
+    "objective": {"name": "ddspo", "beta": 2000.0, "weighting": "none", "noise": "shared"},
+    "backbone": {"finetune": {"mode": "lora", "rank": 128, "alpha": 128.0, "init": "gaussian",
+                              "target_modules": SD3_LORA_TARGETS},
+                 "denoiser_dtype": "float32", "vae_dtype": "float32", "t5": True, "max_sequence_length": 77,
+                 "shift": None, "dynamic_shift": False, "timestep_density": "logit_normal", "logit_mean": 0.0,
+                 "logit_std": 1.0, "loss_weighting": "none", "precondition_outputs": True, "resolution": 1024,
+                 "num_inference_steps": 25, "guidance_scale": 7.5, "sampling_max_sequence_length": 256},
+}
+
+
+@pytest.mark.parametrize(
+    "name, pretrained, mixed_precision",
+    [("sd3_ddspo", "stabilityai/stable-diffusion-3-medium-diffusers", "fp16"),
+     # SD3.5 takes the SD3 run's values; only its precision is the model card's bfloat16.
+     ("sd35_ddspo", "stabilityai/stable-diffusion-3.5-large", "bf16")],
+)
+def test_shipped_recipe_is_the_official_sd3_run(name, pretrained, mixed_precision):
+    from pathlib import Path
+
+    from prefopt.recipe import load_recipe
+    from prefopt.registry import PluginRegistry
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / f"{name}.yaml"
+    data = load_recipe(path, PluginRegistry()).to_dict()
+    expected = {**OFFICIAL_SD3, "train": {**OFFICIAL_SD3["train"], "mixed_precision": mixed_precision}}
+    for section, values in expected.items():
+        for key, value in values.items():
+            got = data[section][key]
+            assert (list(got) if isinstance(got, tuple) else got) == value, f"{section}.{key}"
+    assert data["backbone"]["name"] == "sd3" and data["backbone"]["pretrained"] == pretrained
+    assert data["pairs"]["source"] == {**data["pairs"]["source"], "name": "random_removal", "min_drop": 0.4,
+                                       "max_drop": 0.7, "draws": 5, "variants": 1}

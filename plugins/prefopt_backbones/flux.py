@@ -104,6 +104,11 @@ class FluxBackbone(FlowMatchingBackbone):
             )
         return size
 
+    def describe(self) -> dict[str, Any]:
+        described = super().describe()
+        described["forward_process"]["guidance"] = f"{self.config.guidance} (distilled models; schnell has none)"
+        return described
+
     def sample(self, prompts, seeds, source: str = REFERENCE):
         """x0 as the pipeline samples them, unpacked to (C, H/8, W/8) latents."""
         from diffusers import FluxPipeline
