@@ -141,6 +141,14 @@ def _number(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _eval_scores(data: dict) -> dict[str, float]:
+    """The scores of eval.json: flat (``prefopt run``), or a trained model's of a ``prefopt eval`` report."""
+    if isinstance(data.get("models"), dict):
+        trained = [entry for name, entry in data["models"].items() if name != "base" and isinstance(entry, dict)]
+        data = trained[0].get("metrics", {}) if trained else {}
+    return {key: value for key, value in data.items() if isinstance(value, (int, float))}
+
+
 def _pick_grid(run_dir: Path) -> Path | None:
     """The newest validation grid, else the first figure the evaluators wrote."""
     grids = sorted((run_dir / "validation").glob("step-*/grid.png"))
@@ -211,7 +219,7 @@ def build_card(run_dir: Path, pipeline_class: str | None, pairs_dir: Path | None
         training.append(("loss weighting", backbone["loss_weighting"]))
     metrics = _last_metrics(run_dir)
     eval_path = run_dir / "eval.json"
-    evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
+    evaluation = _eval_scores(json.loads(eval_path.read_text())) if eval_path.is_file() else {}
     grid = _pick_grid(run_dir)
     base_text = (f"[{base}](https://huggingface.co/{base})" if is_hub_id(base)
                  else "a reference model pretrained in the same run" if pretrained_here

@@ -277,3 +277,12 @@ def test_export_refuses_what_it_cannot_export(lora_run, tmp_path):
     out.write_bytes(b"user data")
     code, err = cli("export", lora_run, "--to", "kohya", "--output", out)
     assert code == 2 and "--overwrite" in err and out.read_bytes() == b"user data"
+
+
+def test_card_reads_both_eval_json_forms():
+    from prefopt.model_card import _eval_scores
+
+    assert _eval_scores({"toy/mode_accuracy": 0.7, "note": "x"}) == {"toy/mode_accuracy": 0.7}
+    report = {"bootstrap": {"resamples": 1000}, "models": {"base": {"metrics": {"clip/score": 0.2}},
+                                                            "final": {"metrics": {"clip/score": 0.3}}}}
+    assert _eval_scores(report) == {"clip/score": 0.3}
