@@ -51,3 +51,31 @@ def build_mask2former(directory: Path, labels=DETECTOR_LABELS) -> Path:
     Mask2FormerImageProcessorPil(size={"shortest_edge": DETECTOR_IMAGE_SIZE, "longest_edge": 2 * DETECTOR_IMAGE_SIZE},
                                  size_divisor=32).save_pretrained(directory)
     return directory
+
+
+BLIP_WORDS = "a photo of cat dog red blue green car tree and yes no".split()
+
+
+def build_blip_vqa(directory: Path) -> Path:
+    """A random BlipForQuestionAnswering with a word-level BERT tokenizer and its processor."""
+    from transformers import (BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor,
+                              BlipProcessor)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "?"]
+    vocab = special + BLIP_WORDS
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizer(str(directory / "vocab.txt"))
+    torch.manual_seed(0)
+    model = BlipForQuestionAnswering(BlipConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=16, encoder_hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+                         bos_token_id=vocab.index("[DEC]"), pad_token_id=0, sep_token_id=vocab.index("[SEP]")),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2),
+        projection_dim=8,
+    )).eval()
+    model.save_pretrained(directory)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(directory)
+    return directory
