@@ -24,6 +24,10 @@ class DDSPO(Objective):
     student and reference are conditioned on c only. With ``winner_policy``
     and ``loser_policy`` (DD-CPP, Eq. 6) the targets come from two frozen
     policies instead, both conditioned on c. The logit is −β/2 · Δ.
+
+    The targets are the reference's plain predictions: the official DDSPO code
+    once offered a CFG-combined target (``--guidance_scale``) and removed it at
+    its current head as a baseline rather than DDSPO; prefopt follows the head.
     """
 
     name = "ddspo"
