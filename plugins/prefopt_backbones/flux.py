@@ -146,5 +146,5 @@ class FluxBackbone(FlowMatchingBackbone):
             img_ids=FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, x_t.device, x_t.dtype),
             return_dict=False,
         )[0]
-        factor = self._downsampling()
-        return FluxPipeline._unpack_latents(out, height * factor, width * factor, factor)
+        # Sizes in latent pixels (a scale factor of 1): the tokens go back to (C, H, W).
+        return FluxPipeline._unpack_latents(out, height, width, 1)
