@@ -5,6 +5,13 @@ from a generator seeded by (seed, step, micro-step, process), and the data order
 is a seeded permutation per epoch. So a run resumed from a checkpoint draws
 exactly what the uninterrupted run would have drawn, and its final weights are
 bitwise equal on the CPU.
+
+``Trainer`` is laid out like torchtune's recipe classes: ``setup`` builds
+everything a stage needs, ``train`` runs the loop of ``train_step`` calls,
+``save_checkpoint`` / ``resume`` write and read the run's state, ``cleanup``
+releases what ``setup`` opened. Each other job of the loop (where a micro-step's
+batch comes from, the non-finite policy, logging, stop signals) is one method,
+so a feature that changes one of them replaces that method alone.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 from prefopt.data.pairset import write_atomic
 from prefopt.engine.checkpoint import list_checkpoints, load_checkpoint, remove_leftovers, save_checkpoint
 from prefopt.engine.step import FusedStep, PairBatch
-from prefopt.errors import PrefoptError, require
+from prefopt.errors import PrefoptError, file_errors, require
 from prefopt.interfaces import Backbone, Objective
 from prefopt.recipe import TrainConfig
 
@@ -39,6 +46,18 @@ class RunStopped(PrefoptError):
 @dataclass
 class TrainResult:
     skipped_steps: int
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step leaves for logging; ``metrics`` stay on the device until a log step."""
+
+    metrics: dict[str, torch.Tensor]
+    loss_ok: bool
+    grad_norm: torch.Tensor
+    lr: float
+    skipped_steps: int
+    pairs_per_s: float = 0.0
 
 
 def step_generator(*key: int) -> torch.Generator:
@@ -80,190 +99,297 @@ def make_optimizer(cfg: TrainConfig, params, lr: float):
                      weight_decay=cfg.weight_decay)
 
 
-class _StopFlag:
-    """Turns SIGTERM / SIGINT into a request to stop after the current step."""
+def make_scheduler(cfg: TrainConfig, optimizer):
+    """diffusers' schedule, counted in optimizer steps (warmup and length alike)."""
+    from diffusers.optimization import get_scheduler
 
-    def __init__(self):
-        self.signal_name: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal_name = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    # diffusers' "constant" ignores warmup; the published recipes warm up a constant lr.
+    schedule = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.warmup_steps else cfg.lr_scheduler
+    return get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+                         num_training_steps=max(cfg.max_steps, 1))
 
 
 def _finite(value: torch.Tensor) -> bool:
     return bool(torch.isfinite(value).all())
 
 
-def train(
-    *,
-    backbone: Backbone,
-    objective: Objective,
-    dataset,
-    cfg: TrainConfig,
-    run_dir: Path,
-    seed: int,
-    accelerator,
-    resume_from: Path | None = None,
-) -> TrainResult:
-    run_dir = Path(run_dir)
-    world = accelerator.num_processes
-    rank = accelerator.process_index
-    effective_batch = cfg.batch_size * cfg.grad_accum * world
-    lr = cfg.lr * effective_batch if cfg.scale_lr else cfg.lr
+def _metric_dtype(device: torch.device) -> torch.dtype:
+    # float64 sums what float() and Python's sum gave, bit for bit; MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
 
-    params = list(backbone.trainable_parameters())
-    if not params:
-        raise PrefoptError("the backbone has no trainable parameters (check backbone.finetune)")
-    optimizer = make_optimizer(cfg, params, lr)
-    from diffusers.optimization import get_scheduler
 
-    # diffusers' "constant" ignores warmup; the published recipes warm up a constant lr.
-    schedule = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.warmup_steps else cfg.lr_scheduler
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=max(cfg.max_steps, 1))
-    module, optimizer, scheduler = accelerator.prepare(backbone.trainable_module(), optimizer, scheduler)
-    backbone.set_trainable_module(module)
-    encode = None
-    if cfg.text_cache:
+class Trainer:
+    """One training stage: an objective on a backbone over a pair dataset.
+
+    Call ``setup`` (optionally with a checkpoint to resume from), then ``train``;
+    ``cleanup`` runs in any case. ``train()`` below does the three.
+    """
+
+    def __init__(self, *, backbone: Backbone, objective: Objective, dataset, cfg: TrainConfig, run_dir: Path,
+                 seed: int, accelerator):
+        self.backbone = backbone
+        self.objective = objective
+        self.dataset = dataset
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.accelerator = accelerator
+        self.world = accelerator.num_processes
+        self.rank = accelerator.process_index
+        self.effective_batch = cfg.batch_size * cfg.grad_accum * self.world
+        self.start_step = 0
+        self.skipped = 0
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._log_file = None
+        self._bar = None
+        self._stop_signal: str | None = None
+        self._previous_handlers: dict = {}
+
+    # ------------------------------------------------------------------ setup and teardown
+
+    def setup(self, resume_from: Path | None = None) -> None:
+        cfg, accelerator = self.cfg, self.accelerator
+        lr = cfg.effective_lr(self.world)
+        self.params = list(self.backbone.trainable_parameters())
+        if not self.params:
+            raise PrefoptError("the backbone has no trainable parameters (check backbone.finetune)")
+        optimizer = make_optimizer(cfg, self.params, lr)
+        # The schedule is counted in optimizer steps and is stepped once per optimizer step.
+        # accelerate's default (step_scheduler_with_optimizer=True) steps a prepared scheduler
+        # num_processes times per call, for loops whose schedule is counted in one process's
+        # dataloader batches (prepare() shortens each process's dataloader N-fold, and
+        # split_batches=False keeps its batch size): on N processes our warmup would last 1/N
+        # of its steps and linear / cosine would end after max_steps / N. make_accelerator()
+        # turns that off; the scheduler is still prepared, so checkpoints carry it.
+        if accelerator.step_scheduler_with_optimizer:
+            raise PrefoptError("the accelerator must be made with step_scheduler_with_optimizer=False "
+                               "(prefopt.pipeline.make_accelerator)")
+        scheduler = make_scheduler(cfg, optimizer)
+        self.module, self.optimizer, self.scheduler = accelerator.prepare(
+            self.backbone.trainable_module(), optimizer, scheduler)
+        self.backbone.set_trainable_module(self.module)
+        # The objective's per-pair prompt changes (random-condition removal, prompt dropout), if any.
+        rewrite = self.objective.prompt_rewrite({row["prompt"] for row in self.dataset.rows})
+        self.step_fn = FusedStep(self.backbone, self.objective, cfg.reference_micro_batch,
+                                 encode=self._text_encoder(rewrite), rewrite=rewrite)
+        self.sampler = EpochSampler(len(self.dataset), self.seed)
+        if resume_from is not None:
+            self.resume(resume_from)
+        if accelerator.is_main_process:
+            _truncate_metrics(self.metrics_path, self.start_step)
+            remove_leftovers(self.run_dir)
+            # One handle for the whole run (main process only); each line is flushed as it is written.
+            with file_errors(self.metrics_path, "open"):
+                self._log_file = open(self.metrics_path, "a")
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=cfg.max_steps, initial=self.start_step, unit="step",
+                         disable=not accelerator.is_main_process, desc="training")
+        self._install_signal_handlers()
+
+    def _text_encoder(self, rewrite=None):
+        """Prompt encoding for the step: a TextCache built now, or None (the backbone's encoder)."""
+        if not self.cfg.text_cache:
+            return None
         from prefopt.engine.text_cache import TextCache
 
-        prompts = [text for row in dataset.rows for text in (row["prompt"], row["negative"])]
-        encode = TextCache.build(run_dir / "text_cache", backbone, prompts, cfg.batch_size * 4, accelerator).encode
-    step_fn = FusedStep(backbone, objective, cfg.reference_micro_batch, encode=encode)
-    sampler = EpochSampler(len(dataset), seed)
+        prompts = [text for row in self.dataset.rows for text in (row["prompt"], row["negative"])]
+        prompts += rewrite.texts() if rewrite is not None else []
+        return TextCache.build(self.run_dir / "text_cache", self.backbone, prompts, self.cfg.batch_size * 4,
+                               self.accelerator).encode
 
-    start, skipped = 0, 0
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
-        start, skipped = state["step"], state.get("skipped_steps", 0)
-        log.info("resumed from %s at step %d", resume_from, start)
+    def cleanup(self) -> None:
+        """Close the progress bar (its line ends before any error is printed), the log, the signal handlers."""
+        self._restore_signal_handlers()
+        if self._bar is not None:
+            self._bar.close()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
-    metrics_path = run_dir / "metrics.jsonl"
-    if accelerator.is_main_process:
-        _truncate_metrics(metrics_path, start)
-        remove_leftovers(run_dir)
+    # ------------------------------------------------------------------ the loop
 
-    def reduce_mean(x: torch.Tensor) -> torch.Tensor:
-        return accelerator.reduce(x.detach().clone(), reduction="mean") if world > 1 else x
-
-    def checkpoint(step: int) -> Path:
-        return save_checkpoint(accelerator, run_dir, step, {"skipped_steps": skipped}, cfg.keep_checkpoints)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.max_steps, initial=start, unit="step", disable=not accelerator.is_main_process,
-               desc="training")
-    module.train()
-    # One handle for the whole run (main process only); each line is flushed as it is written.
-    log_file = open(metrics_path, "a") if accelerator.is_main_process else nullcontext()
-    with log_file, bar, _StopFlag() as stop:  # the bar ends its line before any error is printed
-        for step in range(start, cfg.max_steps):
+    def train(self) -> TrainResult:
+        self.module.train()
+        for step in range(self.start_step, self.cfg.max_steps):
             began = time.perf_counter()
-            metrics, loss_ok = _accumulate(step_fn, dataset, sampler, cfg, step, seed, rank, world,
-                                           accelerator, module, reduce_mean)
-            if world > 1:
-                metrics = _mean_over_processes(metrics, loss_ok, accelerator)
-            # With more processes every one computes the norm (a collective under FSDP).
-            grad_norm = (_grad_norm(accelerator, params, cfg.max_grad_norm) if loss_ok or world > 1
-                         else torch.tensor(float("nan")))
-            if not (loss_ok and _finite(grad_norm)):
-                what = "loss" if not loss_ok else "gradient norm"
-                if cfg.on_nonfinite == "stop":
-                    good = list_checkpoints(run_dir)
-                    kept = f"last good checkpoint: {good[-1]}" if good else "no checkpoint was written yet"
-                    # Steps are counted from 1 here, as in metrics.jsonl and the checkpoint names.
-                    raise PrefoptError(f"non-finite {what} at step {step + 1}; stopping ({kept})")
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                log.warning("non-finite %s at step %d: step skipped (%d so far)", what, step + 1, skipped)
-            else:
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+            result = self.train_step(step)
             done = step + 1
-            elapsed = time.perf_counter() - began
-            metrics.update({
-                "step": done,
-                "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
-                "skipped_steps": skipped,
-                "perf/pairs_per_s": effective_batch / max(elapsed, 1e-9),
-            })
-            if accelerator.is_main_process and (done % cfg.log_every == 0 or done == cfg.max_steps):
-                log_file.write(json.dumps(metrics) + "\n")
-                log_file.flush()
-                shown = {"loss": f"{metrics['loss']:.4f}"}
-                if "pref/accuracy" in metrics:
-                    shown["acc"] = f"{metrics['pref/accuracy']:.2f}"
-                bar.set_postfix(shown)
-            bar.update(1)
-            stopping = stop.signal_name is not None
-            if world > 1:  # all processes stop after the same step, or the checkpoint's barrier hangs
-                flag = torch.tensor([float(stopping)], device=accelerator.device)
-                stopping = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-            if stopping:
-                path = checkpoint(done)
-                bar.close()
-                raise RunStopped(f"stopped by {stop.signal_name or 'a signal to another process'} after step "
+            result.pairs_per_s = self.effective_batch / max(time.perf_counter() - began, 1e-9)
+            if self.is_log_step(done):
+                self.log_metrics(done, result)
+            self._bar.update(1)
+            if self.stop_requested():
+                path = self.save_checkpoint(done)
+                self._bar.close()
+                raise RunStopped(f"stopped by {self._stop_signal or 'a signal to another process'} after step "
                                  f"{done}; checkpoint {path}; continue with --resume")
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
-                checkpoint(done)
-    bar.close()
-    return TrainResult(skipped_steps=skipped)
+            if self.cfg.checkpoint_every and done % self.cfg.checkpoint_every == 0 and done < self.cfg.max_steps:
+                self.save_checkpoint(done)
+        return TrainResult(skipped_steps=self.skipped)
+
+    def train_step(self, step: int) -> StepResult:
+        """One optimizer step (0-based ``step``); returns its metrics, still on the device."""
+        sums, finite = self.accumulate(step)
+        loss_ok = bool(finite)  # the one host sync of a step the non-finite policy needs
+        # With more processes every one computes the norm (a collective under FSDP).
+        grad_norm = (_grad_norm(self.accelerator, self.params, self.cfg.max_grad_norm)
+                     if loss_ok or self.world > 1 else torch.tensor(float("nan")))
+        if loss_ok and _finite(grad_norm):
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            self.on_nonfinite(step, "loss" if not loss_ok else "gradient norm")
+        self.optimizer.zero_grad(set_to_none=True)
+        if not loss_ok:
+            sums["loss"] = torch.full_like(sums["loss"], float("nan"))
+        return StepResult(metrics=sums, loss_ok=loss_ok, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0],
+                          skipped_steps=self.skipped)
+
+    def accumulate(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Forward/backward over the micro-steps of one optimizer step.
+
+        Returns the mean metrics over the micro-steps whose loss was finite and
+        whether every loss was finite, both on the device: nothing here waits
+        for the accelerator.
+        """
+        cfg, accelerator = self.cfg, self.accelerator
+        device = accelerator.device
+        dtype = _metric_dtype(device)
+        sums: dict[str, torch.Tensor] = {}
+        all_finite = torch.ones((), dtype=torch.bool, device=device)
+        for micro in range(cfg.grad_accum):
+            batch = self.fetch_batch(step, micro)
+            sync = nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(self.module)
+            with sync, accelerator.autocast():
+                out = self.step_fn(batch, step_generator(self.seed, step, micro, self.rank), device,
+                                   self.reduce_mean)
+            loss = out.loss.detach()
+            finite = torch.isfinite(loss).all()
+            all_finite &= finite
+            # Every micro-step runs its backward even after a non-finite loss: with more processes
+            # each must join every gradient all-reduce, and the non-finite gradients it spreads make
+            # every process skip (or stop) this step.
+            accelerator.backward(out.loss / cfg.grad_accum)
+            for key, value in {"loss": loss, **out.metrics}.items():
+                value = torch.as_tensor(value, dtype=dtype, device=device) / cfg.grad_accum
+                sums[key] = sums.get(key, 0.0) + torch.where(finite, value, torch.zeros_like(value))
+        return sums, all_finite
+
+    def fetch_batch(self, step: int, micro: int) -> PairBatch:
+        """The pairs of one micro-step of one process: its own slice of the sampler's sequence."""
+        position = ((step * self.cfg.grad_accum + micro) * self.world + self.rank) * self.cfg.batch_size
+        x0_w, x0_l, prompts, negatives = self.dataset.batch(self.sampler.take(position, self.cfg.batch_size))
+        return PairBatch(x0_w, x0_l, prompts, negatives)
+
+    def reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean over all processes (what objectives use for batch statistics such as KTO's KL)."""
+        return self.accelerator.reduce(x.detach().clone(), reduction="mean") if self.world > 1 else x
+
+    # ------------------------------------------------------------------ policies
+
+    def on_nonfinite(self, step: int, what: str) -> None:
+        """A NaN/inf loss or gradient norm: stop with the last good checkpoint named, or skip the step."""
+        if self.cfg.on_nonfinite == "stop":
+            good = list_checkpoints(self.run_dir)
+            kept = f"last good checkpoint: {good[-1]}" if good else "no checkpoint was written yet"
+            # Steps are counted from 1 here, as in metrics.jsonl and the checkpoint names.
+            raise PrefoptError(f"non-finite {what} at step {step + 1}; stopping ({kept})")
+        self.skipped += 1
+        log.warning("non-finite %s at step %d: step skipped (%d so far)", what, step + 1, self.skipped)
+
+    # ------------------------------------------------------------------ logging
+
+    def is_log_step(self, done: int) -> bool:
+        return done % self.cfg.log_every == 0 or done == self.cfg.max_steps
+
+    def log_metrics(self, done: int, result: StepResult) -> None:
+        """Bring a step's metrics to the host (the mean over processes) and write them (main process).
+
+        Every process calls this on the same steps: the mean is a collective.
+        """
+        metrics = self._mean_over_processes(result.metrics, result.loss_ok)
+        metrics.update({
+            "step": done,
+            "grad_norm": float(result.grad_norm),
+            "lr": result.lr,
+            "skipped_steps": result.skipped_steps,
+            "perf/pairs_per_s": result.pairs_per_s,
+        })
+        if not self.accelerator.is_main_process:
+            return
+        with file_errors(self.metrics_path, "append to"):  # a full disk: one line naming the log
+            self._log_file.write(json.dumps(metrics) + "\n")
+            self._log_file.flush()
+        shown = {"loss": f"{metrics['loss']:.4f}"}
+        if "pref/accuracy" in metrics:
+            shown["acc"] = f"{metrics['pref/accuracy']:.2f}"
+        self._bar.set_postfix(shown)
+
+    def _mean_over_processes(self, sums: dict[str, torch.Tensor], loss_ok: bool) -> dict[str, float]:
+        """Logged metrics as the mean over all processes' batches, not process 0's alone.
+
+        Only when every process had a finite loss; otherwise this process's own.
+        All processes hold the same keys (one objective), so the collective lines up.
+        """
+        keys = sorted(sums)
+        values = torch.stack([sums[k].reshape(()) for k in keys])
+        if self.world > 1:
+            ok = torch.tensor([float(loss_ok)], dtype=values.dtype, device=values.device)
+            mean = self.accelerator.reduce(torch.cat([ok, values]), reduction="mean")
+            if mean[0].item() == 1.0:
+                values = mean[1:]
+        return dict(zip(keys, values.tolist()))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, done: int) -> Path:
+        return save_checkpoint(self.accelerator, self.run_dir, done, {"skipped_steps": self.skipped},
+                               self.cfg.keep_checkpoints)
+
+    def resume(self, path: Path) -> None:
+        """Model, optimizer, scheduler and RNG states from a checkpoint; the loop continues after its step."""
+        state = load_checkpoint(self.accelerator, path)
+        self.start_step, self.skipped = state["step"], state.get("skipped_steps", 0)
+        log.info("resumed from %s at step %d", path, self.start_step)
+
+    # ------------------------------------------------------------------ signals
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT become a request to stop after the current step."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signal.Signals(signum).name
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+
+    def stop_requested(self) -> bool:
+        """Whether a signal reached any process; all processes stop after the same step."""
+        stopping = self._stop_signal is not None
+        if self.world > 1:  # or the checkpoint's barrier hangs
+            flag = torch.tensor([float(stopping)], device=self.accelerator.device)
+            stopping = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        return stopping
 
 
-def _accumulate(step_fn, dataset, sampler, cfg, step, seed, rank, world, accelerator, module, reduce_mean):
-    """Forward/backward over the micro-steps of one optimizer step; mean metrics."""
-    sums: dict[str, float] = {}
-    loss_ok = True
-    for micro in range(cfg.grad_accum):
-        position = ((step * cfg.grad_accum + micro) * world + rank) * cfg.batch_size
-        x0_w, x0_l, prompts, negatives = dataset.batch(sampler.take(position, cfg.batch_size))
-        batch = PairBatch(x0_w, x0_l, prompts, negatives)
-        sync = nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(module)
-        with sync, accelerator.autocast():
-            out = step_fn(batch, step_generator(seed, step, micro, rank), accelerator.device, reduce_mean)
-        finite = _finite(out.loss.detach())
-        if not finite:
-            loss_ok = False
-            if world == 1:
-                break
-            # With more processes every one must join each gradient all-reduce; the
-            # non-finite gradients it spreads make every process skip (or stop) this step.
-        accelerator.backward(out.loss / cfg.grad_accum)
-        if finite:
-            for key, value in {"loss": float(out.loss.detach()), **out.metrics}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) / cfg.grad_accum
-    if not loss_ok:
-        sums.setdefault("loss", float("nan"))
-    return sums, loss_ok
-
-
-def _mean_over_processes(metrics: dict[str, float], loss_ok: bool, accelerator) -> dict[str, float]:
-    """Logged metrics as the mean over all processes' batches, not process 0's alone.
-
-    Only when every process had a finite loss: then all hold the same keys (one
-    objective, one code path), so the collectives line up.
-    """
-    all_ok = accelerator.reduce(torch.tensor([float(loss_ok)], device=accelerator.device), reduction="sum")
-    if all_ok.item() < accelerator.num_processes:
-        return metrics
-    keys = sorted(metrics)
-    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=accelerator.device)
-    return dict(zip(keys, accelerator.reduce(values, reduction="mean").tolist()))
+def train(*, backbone: Backbone, objective: Objective, dataset, cfg: TrainConfig, run_dir: Path, seed: int,
+          accelerator, resume_from: Path | None = None) -> TrainResult:
+    """Set up a Trainer, run it, clean up."""
+    trainer = Trainer(backbone=backbone, objective=objective, dataset=dataset, cfg=cfg, run_dir=run_dir, seed=seed,
+                      accelerator=accelerator)
+    try:
+        trainer.setup(resume_from)
+        return trainer.train()
+    finally:
+        trainer.cleanup()
 
 
 def _grad_norm(accelerator, params, max_norm: float | None) -> torch.Tensor:
@@ -281,11 +407,18 @@ def _truncate_metrics(path: Path, start: int) -> None:
         path.unlink()
         return
     kept = []
-    for line in path.read_text().splitlines():
+    with file_errors(path, "read"):
+        lines = path.read_bytes().splitlines()
+    for number, line in enumerate(lines, 1):
         try:
-            if json.loads(line)["step"] <= start:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):  # a line cut short by a kill or a full disk
-            continue
+            row = json.loads(line.decode("utf-8"))
+            if row["step"] <= start:
+                kept.append(line.decode("utf-8"))
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):  # the last line, cut short by a kill or a full disk
+                continue
+            raise PrefoptError(f"{path}: line {number} is damaged (not a metrics row); "
+                               "delete the line or the file to resume") from None
     # Atomic, so a kill now cannot lose the lines of the steps already done.
-    write_atomic(path, "".join(line + "\n" for line in kept).encode())
+    with file_errors(path, "write"):
+        write_atomic(path, "".join(line + "\n" for line in kept).encode())
