@@ -258,3 +258,42 @@ def test_dpo_linear_weighting_scales_each_pairs_loss_by_t_fraction():
         toy_batch(1), step_generator(0, 0, 0, 0), CPU)
     plain = FusedStep(backbone, objective("diffusion_dpo", beta=2000))(toy_batch(1), step_generator(0, 0, 0, 0), CPU)
     assert weighted.loss.item() == pytest.approx(plain.loss.item() * seen[0].item(), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- under two processes
+
+
+RUN = r"""
+import sys
+from prefopt.cli import main
+sys.argv = ["prefopt", "run", sys.argv[1]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_random_condition_and_independent_noise_under_two_processes(tmp_path):
+    """`accelerate launch` of two workers (gloo on the CPU): the text cache holds the extra prompts,
+    every rank swaps its own pairs, and the logged swap share is the mean over processes."""
+    import subprocess
+
+    from helpers import ENV, two_process_launch
+
+    path = extra_file(tmp_path, [{"prompt": "5", "neg_prompts": ["6", "7"]}, {"prompt": "6", "neg_prompts": ["4"]}])
+    recipe = write_toy_recipe(
+        tmp_path, pretrain=False, pairs={"source": {"num_conditions": 4}},
+        objective={"noise": "independent",
+                   "random_condition": {"prompts": [path], "schedule": "sigmoid", "steepness": 20}},
+        train={"max_steps": 8, "batch_size": 4, "checkpoint_every": 0, "text_cache": True})
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    done = subprocess.run(two_process_launch(str(script), str(recipe)), env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = metric_rows(tmp_path / "run")
+    swapped = [row["rand_cond/swapped"] for row in rows]
+    assert len(swapped) == 8 and 0 < sum(swapped) / 8 < 1
+    # Mean over 2 processes of 4 pairs each: a multiple of 1/8.
+    assert all(abs(s * 8 - round(s * 8)) < 1e-9 for s in swapped)
+    (index,) = (tmp_path / "run" / "text_cache").glob("*/index.json")
+    assert {"4", "5", "6", "7"} <= set(json.loads(index.read_text())["prompts"])
