@@ -242,3 +242,38 @@ def test_shipped_recipe_takes_the_official_sd3_run_and_the_diffusers_flux_script
                 assert data[section][key] == value, f"{section}.{key}"
     assert data["backbone"]["finetune"] == {"mode": "lora", "rank": 128, "alpha": 128.0, "init": "gaussian",
                                             "target_modules": ["to_k", "to_q", "to_v", "to_out.0"]}
+
+
+def test_prefopt_run_trains_and_final_loads_into_the_pipeline(tiny_flux, tmp_path):
+    """`prefopt run` on the tiny FLUX (pairs sampled by the pipeline, 2 DDSPO steps), then final/ loads into
+    FluxPipeline with load_lora_weights and samples."""
+    import json
+
+    import yaml
+    from helpers import metric_rows
+
+    from prefopt.pipeline import run_recipe
+    from prefopt.recipe import load_recipe
+    from prefopt.registry import PluginRegistry
+
+    (tmp_path / "prompts.txt").write_text("a photo of a cat\na red car on a road\na dog sitting under a tree\n")
+    recipe = {
+        "seed": 0, "output_dir": str(tmp_path / "run"),
+        "backbone": {"name": "flux", "pretrained": str(tiny_flux), "finetune": {"rank": 4},
+                     "resolution": FLUX_RESOLUTION, "num_inference_steps": 2, "max_sequence_length": TOKENS},
+        "pairs": {"source": {"name": "random_removal", "variants": 1}, "prompts": {"path": "prompts.txt"}},
+        "objective": {"name": "ddspo", "beta": 2000},
+        "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-3},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    registry = PluginRegistry()
+    run_recipe(load_recipe(tmp_path / "recipe.yaml", registry), registry)
+    run = tmp_path / "run"
+
+    assert json.loads((run / "pairs" / "manifest.json").read_text())["num_rows"] == 3
+    metrics = metric_rows(run)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert metrics[0]["loss"] == pytest.approx(0.6931472, abs=1e-5)
+    pipeline = _pipeline(tiny_flux)
+    pipeline.load_lora_weights(run / "final")
+    assert np.isfinite(_generate(pipeline)).all()

@@ -266,3 +266,41 @@ def test_shipped_recipe_is_the_official_sd3_run(name, pretrained, mixed_precisio
     assert data["backbone"]["name"] == "sd3" and data["backbone"]["pretrained"] == pretrained
     assert data["pairs"]["source"] == {**data["pairs"]["source"], "name": "random_removal", "min_drop": 0.4,
                                        "max_drop": 0.7, "draws": 5, "variants": 1}
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def test_prefopt_run_trains_and_final_loads_into_the_pipeline(tiny_sd3, tmp_path):
+    """`prefopt run` on the tiny SD3 (pairs sampled by the pipeline, cached text, 2 DDSPO steps), then final/
+    loads into StableDiffusion3Pipeline and samples."""
+    import json
+
+    import yaml
+    from helpers import metric_rows
+
+    from prefopt.pipeline import run_recipe
+    from prefopt.recipe import load_recipe
+    from prefopt.registry import PluginRegistry
+
+    (tmp_path / "prompts.txt").write_text("a photo of a cat\na red car on a road\na dog sitting under a tree\n")
+    recipe = {
+        "seed": 0, "output_dir": str(tmp_path / "run"),
+        "backbone": {"name": "sd3", "pretrained": str(tiny_sd3), "finetune": {"rank": 4},
+                     "resolution": SD_RESOLUTION, "num_inference_steps": 2, "sampling_max_sequence_length": 16},
+        "pairs": {"source": {"name": "random_removal", "variants": 1}, "prompts": {"path": "prompts.txt"}},
+        "objective": {"name": "ddspo", "beta": 2000},
+        "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-3, "text_cache": True},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    registry = PluginRegistry()
+    run_recipe(load_recipe(tmp_path / "recipe.yaml", registry), registry)
+    run = tmp_path / "run"
+
+    assert json.loads((run / "pairs" / "manifest.json").read_text())["num_rows"] == 3
+    metrics = metric_rows(run)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert metrics[0]["loss"] == pytest.approx(0.6931472, abs=1e-5)
+    pipeline = _pipeline(tiny_sd3)
+    pipeline.load_lora_weights(run / "final")
+    assert np.isfinite(_generate(pipeline)).all()
