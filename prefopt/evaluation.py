@@ -386,12 +386,25 @@ def is_checkpoint(weights: Path) -> bool:
     return (Path(weights) / "trainer_state.json").is_file()
 
 
+def verify_weights(weights: Path) -> None:
+    """Refuse weights (a final/ or a checkpoint) that differ from what their run wrote."""
+    from prefopt.checksums import run_id_of, verify
+    from prefopt.rundir import verify_final
+
+    if is_checkpoint(weights):  # <run>/checkpoints/step-N
+        verify(weights, "checkpoint", f"evaluate another checkpoint or the run's final/ (rm -r {weights})",
+               run_id=run_id_of(weights.parent.parent))
+    else:  # <run>/final
+        verify_final(weights, repair="write it again with `prefopt run RECIPE --resume` in its run")
+
+
 def load_weights(backbone, weights: Path) -> None:
     """A save() output (final/) through the backbone; a training checkpoint into the trained module."""
     weights = Path(weights)
     if not weights.is_dir():
         raise PrefoptError(f"no trained weights at {weights}; run the recipe first or pass --weights")
     state = weights / "model.safetensors"
+    verify_weights(weights)
     if is_checkpoint(weights):
         if not state.is_file():
             raise PrefoptError(f"checkpoint {weights} holds no model.safetensors")
@@ -494,7 +507,9 @@ def print_report(report: dict) -> None:
 def run_eval(resolved, registry, weights: Sequence[Path] = (), include_base: bool = True,
              output: Path | None = None) -> dict:
     """``prefopt eval``: the recipe's base model and trained weights, scored by every evaluator of the recipe."""
+    from prefopt.locking import hold
     from prefopt.pipeline import backbone_config_for, make_accelerator, process_state, runtime_for
+    from prefopt.rundir import verify_final
 
     recipe = resolved.recipe
     run_dir = Path(recipe.output_dir)
@@ -511,17 +526,23 @@ def run_eval(resolved, registry, weights: Sequence[Path] = (), include_base: boo
     evaluators = [registry.get("evaluator", c.name)(resolved.config("eval", i)) for i, c in enumerate(recipe.eval)]
     state = process_state()
     report: dict = {}
-    if state.is_main_process:  # other processes of an `accelerate launch` wait
-        accelerator = make_accelerator(recipe.train)
-        backbone = registry.get("backbone", recipe.backbone.name)(backbone_config_for(resolved, reference))
-        # A training checkpoint holds the trained module's whole state (LoRA adapters included): load the
-        # backbone as for training so that module exists; final/ directories load either way.
-        checkpoints = any(is_checkpoint(path) for path in weights)
-        backbone.load(runtime_for(accelerator, train=checkpoints), {})
-        report = evaluate_models(backbone, evaluators, weights, output, include_base=include_base)
-        print_report(report)
-        print(f"evaluation written: {output / 'eval.json'}")
-    state.wait_for_everyone()
+    with hold(run_dir, "run directory", state):  # no run may replace final/ or reference/ while they are read
+        for path in weights:  # before any image is drawn
+            verify_weights(path)
+        if reference is not None:
+            verify_final(reference, repair=f"remove {reference.parent} (rm -r {reference.parent}) and run "
+                                           f"`prefopt run {resolved.source} --overwrite`: it is trained anew")
+        if state.is_main_process:  # other processes of an `accelerate launch` wait
+            accelerator = make_accelerator(recipe.train)
+            backbone = registry.get("backbone", recipe.backbone.name)(backbone_config_for(resolved, reference))
+            # A training checkpoint holds the trained module's whole state (LoRA adapters included): load the
+            # backbone as for training so that module exists; final/ directories load either way.
+            checkpoints = any(is_checkpoint(path) for path in weights)
+            backbone.load(runtime_for(accelerator, train=checkpoints), {})
+            report = evaluate_models(backbone, evaluators, weights, output, include_base=include_base)
+            print_report(report)
+            print(f"evaluation written: {output / 'eval.json'}")
+        state.wait_for_everyone()
     return report
 
 
@@ -578,7 +599,8 @@ def compare_report(root: Path, runs: dict[str, list[Path]], evaluators: Sequence
                     low, high = bootstrap_interval(values, groups)
                     bars[label] = (grouped_mean(values, groups), low, high)
             panels[f"{prefix}/{metric}"] = bars
-        lines += _group_table(prefix, metrics[0], methods)
+        if metrics:
+            lines += _group_table(prefix, metrics[0], methods)
         if not grid:
             grid, titles = _sample_grid(methods)
     if panels:
