@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -49,15 +50,37 @@ def _holder_record() -> str:
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command[:300]})
 
 
-def _describe_holder(handle: IO[str]) -> str:
+def _read_holder(handle: IO[str]) -> dict | None:
+    """The holder's record, if it is there and names a live process (or one on another host)."""
     handle.seek(0)
     try:
         record = json.loads(handle.read() or "{}")
-        pid, command, host = record["pid"], record["command"], record.get("host")
+        pid, host = int(record["pid"]), record.get("host")
+        str(record["command"])
     except (ValueError, KeyError, TypeError):
-        return "another prefopt process"  # the holder has not written its record yet
+        return None
+    if host in (None, socket.gethostname()):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:  # a record left by an earlier holder, not yet replaced
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+    return record
+
+
+def _describe_holder(handle: IO[str]) -> str:
+    # The new holder writes its record just after it takes the lock: give it a moment.
+    for _ in range(40):
+        record = _read_holder(handle)
+        if record is not None:
+            break
+        time.sleep(0.025)
+    else:
+        return "another prefopt process"
+    host = record.get("host")
     where = f" on {host}" if host and host != socket.gethostname() else ""
-    return f"pid {pid}{where}: {command}"
+    return f"pid {record['pid']}{where}: {record['command']}"
 
 
 def _try_flock(handle: IO[str], mode: int) -> bool:

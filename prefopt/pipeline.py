@@ -21,7 +21,7 @@ from prefopt.checksums import read_json
 from prefopt.errors import DataError, PrefoptError, describe_os_error, file_errors
 from prefopt.recipe import PairsConfig, ResolvedRecipe, TrainConfig
 from prefopt.registry import PluginRegistry
-from prefopt.rundir import RESOLVED, prepare_run_dir, save_final, verify_final  # noqa: F401 - RESOLVED: model_card
+from prefopt.rundir import RESOLVED, prepare_run_dir, reseal_final, save_final, verify_final  # noqa: F401 - RESOLVED: model_card
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +292,7 @@ def _run_held(resolved: ResolvedRecipe, registry: PluginRegistry, resume: str | 
         write_model_card(run_dir, getattr(backbone, "pipeline_class", None),
                          pairs_dir=Path(recipe.pairs.dir or pairs_dir or run_dir / "pairs"),
                          num_processes=process_state().num_processes)
+        reseal_final(run_dir)  # the card and its figures are part of final/ now
         print(f"run finished: {run_dir / 'final'}")
         for figure in sorted(run_dir.glob("*.png")):
             print(f"  figure: {figure}")
@@ -310,7 +311,8 @@ def evaluate_with(resolved: ResolvedRecipe, registry, backbone, run_dir: Path) -
         try:
             scores = evaluator.evaluate(backbone, str(run_dir), resolved.recipe.seed)
         except OSError as exc:  # a full disk or a file it cannot read, named
-            raise PrefoptError(f"eval.{i} ({component.name}): {describe_os_error(exc)}") from exc
+            where = "" if exc.filename is not None else f" (writing in {run_dir})"
+            raise PrefoptError(f"eval.{i} ({component.name}): {describe_os_error(exc)}{where}") from exc
         clash = sorted(set(scores) & set(results))
         if clash:  # e.g. CLIP score and PickScore both under the default prefix
             raise PrefoptError(f"eval.{i} ({component.name}) reports {clash[0]!r} again; give it another prefix")
@@ -322,34 +324,6 @@ def evaluate_with(resolved: ResolvedRecipe, registry, backbone, run_dir: Path) -
             print(f"  {key}: {value:.4f}")
     state.wait_for_everyone()
     return results
-
-
-def evaluate_run(resolved: ResolvedRecipe, registry, weights: Path | None = None) -> dict:
-    """``prefopt eval``: load final/ (or given weights) as the student and evaluate, holding the run directory."""
-    from prefopt.locking import hold
-
-    run_dir = Path(resolved.recipe.output_dir)
-    weights = Path(weights or run_dir / "final")
-    if not weights.is_dir():
-        raise PrefoptError(f"no trained weights at {weights}; run the recipe first or pass --weights")
-    reference = run_dir / "reference" / "final" if resolved.recipe.pretrain else None
-    if reference is not None and not reference.is_dir():
-        raise PrefoptError(f"no pretrained reference at {reference}; run the recipe first")
-    with hold(run_dir, "run directory", process_state()):
-        verify_final(weights, repair=f"write it again with `prefopt run {resolved.source} --resume`")
-        if reference is not None:
-            verify_final(reference, repair=f"remove {reference.parent} (rm -r {reference.parent}) and run "
-                                           f"`prefopt run {resolved.source} --overwrite`: it is trained anew")
-        return _evaluate_held(resolved, registry, weights, reference)
-
-
-def _evaluate_held(resolved: ResolvedRecipe, registry, weights: Path, reference: Path | None) -> dict:
-    run_dir = Path(resolved.recipe.output_dir)
-    accelerator = make_accelerator(resolved.recipe.train)
-    backbone = registry.get("backbone", resolved.recipe.backbone.name)(backbone_config_for(resolved, reference))
-    backbone.load(runtime_for(accelerator, train=False), {})
-    backbone.load_trained(str(weights))
-    return evaluate_with(resolved, registry, backbone, run_dir)
 
 
 def build_pairs_for(resolved: ResolvedRecipe, registry) -> Path:

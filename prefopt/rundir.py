@@ -138,7 +138,7 @@ def prepare_run_dir(run_dir: Path, resolved, resume: bool, overwrite: bool, stat
 
 def save_final(backbone, run_dir: Path, accelerator) -> Path:
     """Write final/ whole or not at all, sealed with the run's id."""
-    from prefopt.engine.checkpoint import _fsync_tree
+    from prefopt.engine.checkpoint import _first_line, _fsync_tree
 
     final, tmp = run_dir / "final", run_dir / ".final.tmp"
     if accelerator.is_main_process:
@@ -160,11 +160,17 @@ def save_final(backbone, run_dir: Path, accelerator) -> Path:
             if isinstance(exc, PrefoptError):
                 raise
             if isinstance(exc, Exception):  # torch and safetensors report a full disk as RuntimeError
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise PrefoptError(f"could not write {final}: {reason}") from exc
+                raise PrefoptError(f"could not write {final}: {_first_line(exc, run_dir)}") from exc
             raise
     accelerator.wait_for_everyone()
     return final
+
+
+def reseal_final(run_dir: Path) -> None:
+    """Seal final/ again after files were added to it at the end of the run (the model card)."""
+    run_id = run_id_of(run_dir)
+    if run_id is not None:
+        seal(Path(run_dir) / "final", run_id)
 
 
 def verify_final(final: Path, repair: str) -> None:

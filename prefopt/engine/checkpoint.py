@@ -104,10 +104,22 @@ def _run_id_for_saving(run_dir: Path) -> str:
     return run_id
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, directory: Path | None = None) -> str:
+    """One line for a failed save; torch and safetensors report a full disk in their own words."""
     if isinstance(exc, OSError):
         return describe_os_error(exc)
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    if directory is not None and disk_nearly_full(directory):
+        reason = f"No space left on device (free some space, then run the command again; {reason})"
+    return reason
+
+
+def disk_nearly_full(directory: Path) -> bool:
+    """Whether the file system holding ``directory`` has less than 1 MiB free."""
+    try:
+        return shutil.disk_usage(directory).free < 1 << 20
+    except OSError:
+        return False
 
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int) -> Path:
@@ -141,7 +153,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     except PrefoptError as exc:
         raise PrefoptError(f"could not write checkpoint {final}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - torch and safetensors report a full disk as RuntimeError
-        raise PrefoptError(f"could not write checkpoint {final}: {_first_line(exc)}") from exc
+        raise PrefoptError(f"could not write checkpoint {final}: {_first_line(exc, root)}") from exc
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for old in list_checkpoints(run_dir)[:-keep]:
