@@ -78,7 +78,8 @@ class ClipScore(ImageEvaluator):
                                    description="evaluation prompts")
         prompts_file: PromptsConfig | None = Field(
             None, description="when set, the prompts are read from this file instead (a path, or {path, column, "
-                              "max_count, ...}; a relative path is taken from the working directory)")
+                              "max_count, ...}; a relative path is taken from the working directory): any prompt "
+                              "file, PartiPrompts .tsv (column: Prompt), HPSv2 JSON lists, COCO captions .json")
         images_per_prompt: int = Field(2, ge=1, description="images drawn per prompt, each with its own seed")
         seed: int = Field(1234, description="sampling seed; the same for every method compared")
         batch_size: int = Field(4, ge=1, description="images per sampling call and per CLIP forward")
@@ -95,9 +96,9 @@ class ClipScore(ImageEvaluator):
     def prompts(self) -> list[str]:
         if self.config.prompts_file is None:
             return list(self.config.prompts)
-        from prefopt.data.prompts import load_prompts
+        from prefopt_evaluators.prompt_sets import load_prompt_set
 
-        return load_prompts(self.config.prompts_file)
+        return load_prompt_set(self.config.prompts_file)
 
     def rows(self) -> list[tuple[str, int]]:
         """(prompt, seed) per image, prompt-major: row k·n + j is image j of prompt k."""
