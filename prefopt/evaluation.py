@@ -129,6 +129,17 @@ class ImageEvaluator(Evaluator):
     def batch_size(self) -> int:
         return getattr(self.config, "batch_size", 4)
 
+    def local_files(self) -> list[str]:
+        """Local files the evaluator will read (checkpoints, reference sets), named in its Config."""
+        return []
+
+    def check(self) -> None:
+        """Fail now, not after training, on prompt files or local files that are missing or malformed."""
+        self.eval_rows()
+        for path in self.local_files():
+            if not Path(path).expanduser().exists():
+                raise PrefoptError(f"the {self.name} evaluator ({self.prefix}) needs {path}, which does not exist")
+
 
 def seeded_rows(prompts: Iterable[tuple[str, str | None, Any]], images_per_prompt: int, seed: int) -> list[EvalRow]:
     """Rows prompt-major (row k·n + j is image j of prompt k), each with its own seed."""
@@ -443,6 +454,8 @@ def evaluate_models(backbone, evaluators: Sequence[Evaluator], weights: Sequence
 
     image_evaluators = [e for e in evaluators if isinstance(e, ImageEvaluator)]
     others = [e for e in evaluators if not isinstance(e, ImageEvaluator)]
+    for evaluator in image_evaluators:
+        evaluator.check()
     scored: dict[str, dict[str, Scores]] = {name: {} for name in models}
     rows = {e.prefix: e.eval_rows() for e in image_evaluators}
     clash = [p for i, p in enumerate(rows) if p in list(rows)[:i]]

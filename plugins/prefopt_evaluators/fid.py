@@ -52,6 +52,15 @@ class Fid(PromptSetEvaluator):
                 raise ValueError(f"give reference_images, or reference_statistics for {', '.join(missing)}")
             return self
 
+    def local_files(self) -> list[str]:
+        cfg = self.config
+        files = [cfg.reference_statistics[f] for f in cfg.features if f in cfg.reference_statistics]
+        if any(f not in cfg.reference_statistics for f in cfg.features):
+            files.append(cfg.reference_images)
+        if "inception" in cfg.features and cfg.inception_weights:
+            files.append(cfg.inception_weights)
+        return files
+
     def load_scorer(self, device) -> Any:
         from prefopt_evaluators import fid_features as ff
 

@@ -80,6 +80,9 @@ class GenEval(ImageEvaluator):
         items = [(row["prompt"], row["tag"], row) for row in self.metadata()]
         return seeded_rows(items, self.config.images_per_prompt, self.config.seed)
 
+    def local_files(self) -> list[str]:
+        return [self.config.object_names] if self.config.object_names else []
+
     def load_scorer(self, device) -> GenEvalDetector:
         from prefopt_evaluators.geneval_detector import Mask2FormerDetector
 

@@ -35,6 +35,9 @@ class HPSv2(PromptSetEvaluator):
         processor: str | None = Field(None, description="CLIP processor (null: model's)")
         prefix: str = Field("hpsv2", pattern=r"^[A-Za-z0-9_.-]+$", description="metric and file prefix")
 
+    def local_files(self) -> list[str]:
+        return [self.config.checkpoint] if self.config.checkpoint else []
+
     def load_scorer(self, device) -> Any:
         from prefopt_evaluators.reward_models import Clip
 
@@ -64,6 +67,9 @@ class Aesthetic(PromptSetEvaluator):
         model: str = Field("openai/clip-vit-large-patch14", description="CLIP ViT-L/14: hub id or local dir")
         head: str = Field(min_length=1, description="the predictor head (.pth or .safetensors, local path)")
         prefix: str = Field("aesthetic", pattern=r"^[A-Za-z0-9_.-]+$", description="metric and file prefix")
+
+    def local_files(self) -> list[str]:
+        return [self.config.head]
 
     def load_scorer(self, device) -> Any:
         from prefopt.errors import DataError
