@@ -226,6 +226,11 @@ class Backbone(Plugin):
     def trainable_parameters(self) -> Iterable["torch.nn.Parameter"]:
         return [p for p in self.trainable_module().parameters() if p.requires_grad]
 
+    def release_idle(self, sources: Iterable[str], text_cached: bool) -> None:
+        """Told before the first step which prediction sources training asks for and whether
+        prompts come from a text cache: a backbone may move what stays idle off the accelerator
+        (or free it), as long as whatever later needs it (sampling, decoding, saving) brings it back."""
+
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         raise NotImplementedError
 

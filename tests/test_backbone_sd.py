@@ -48,9 +48,11 @@ def test_lora_student_and_reference_share_one_unet(tiny_sd):
 
 def test_full_reference_is_a_frozen_copy(tiny_sd):
     backbone = load_backbone(SDBackbone, tiny_sd, "full")
-    assert backbone._host is not backbone.trainable_module()
-    assert not any(p.requires_grad for p in backbone._host.parameters())
-    assert not backbone._host.training
+    assert backbone._host is None  # loaded when first asked for
+    reference = backbone._reference_host()
+    assert reference is not backbone.trainable_module()
+    assert not any(p.requires_grad for p in reference.parameters())
+    assert not reference.training
     assert all(p.requires_grad for p in backbone.trainable_module().parameters())
 
 
@@ -163,7 +165,7 @@ def test_encode_data_accepts_images_and_round_trips(tiny_sd, tmp_path):
 
 def test_sampling_scheduler_is_configurable(tiny_sd):
     backbone = load_backbone(SDBackbone, tiny_sd, sampler="EulerDiscreteScheduler")
-    assert type(backbone._pipeline(backbone._host).scheduler).__name__ == "EulerDiscreteScheduler"
+    assert type(backbone._pipeline(backbone._reference_host()).scheduler).__name__ == "EulerDiscreteScheduler"
     assert backbone.sample(PROMPTS[:1], [0]).shape == (1, 4, 8, 8)
     with pytest.raises(PrefoptError, match="not a diffusers scheduler"):
         load_backbone(SDBackbone, tiny_sd, sampler="NoSuchScheduler").sample(PROMPTS[:1], [0])
@@ -336,7 +338,7 @@ def test_half_precision_runtime(tiny_sd, mode):
     backbone = SDBackbone(SDBackbone.Config(pretrained=str(tiny_sd), finetune={"mode": mode}))
     backbone.load(Runtime(device=torch.device("cpu"), dtype=torch.bfloat16))
     backbone.set_trainable_module(backbone.trainable_module())
-    assert backbone._host.dtype == torch.bfloat16 and backbone.modules["text_encoder"].dtype == torch.bfloat16
+    assert backbone._reference_host().dtype == torch.bfloat16 and backbone.modules["text_encoder"].dtype == torch.bfloat16
     assert {p.dtype for p in backbone.trainable_parameters()} == {torch.float32}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = FusedStep(backbone, objective("ddspo"))(pair_batch(backbone), torch.Generator().manual_seed(0),

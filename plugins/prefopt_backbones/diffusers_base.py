@@ -10,10 +10,18 @@ Sources of predictions and samples:
 
 * ``student``: the trained denoiser (the module accelerate prepared).
 * ``reference``: the frozen starting point. LoRA fine-tuning: the student's
-  own module with every adapter off (one copy of the weights). Full
-  fine-tuning: a frozen copy made before training.
+  own module with every adapter off (one copy of the weights), called through
+  accelerate's wrapper like the student. Full fine-tuning: a frozen copy,
+  loaded from the pretrained files when first asked for (never, for an
+  objective that asks for no reference prediction) and freed when training
+  starts without needing it.
 * an extra policy name (DD-CPP): a saved LoRA loaded as a named adapter on
   the module that carries the reference, active only for its predictions.
+
+Idle modules: pairs are stored as latents, so training never uses the VAE,
+nor the text encoders once prompts come from a text cache. ``release_idle``
+moves them off the accelerator (on a CPU device: frees them); sampling,
+decoding, encoding and saving bring them back first.
 
 Data space: (latents − the VAE's ``shift_factor``, where it has one: SD3, FLUX)
 × its ``scaling_factor`` (as diffusers' training scripts store them, and as
@@ -56,10 +64,11 @@ class DiffusersBackbone(Backbone):
         self.modules: dict[str, Any] = {}  # pipeline components (no scheduler); the denoiser is the student
         self._scheduler_config: dict[str, Any] = {}
         self._trainable = None  # the student as accelerate handed it back
-        self._host = None  # module that gives reference and policy predictions
+        self._host = None  # module that gives reference and policy predictions (None: not loaded yet)
         self._policies: set[str] = set()
         self._pipelines: list = []  # sampling pipelines, one per denoiser they wrap (built once)
-        self._text_pipeline = None
+        self._offloaded: set[str] = set()  # idle components moved to host memory
+        self._freed: set[str] = set()  # idle components dropped, reloaded when next needed
 
     # ------------------------------------------------------------------ family hooks
 
@@ -121,7 +130,8 @@ class DiffusersBackbone(Backbone):
 
         self._host = denoiser
         if full:
-            self._host = self._frozen_reference(denoiser).to(runtime.device)
+            # The frozen reference is loaded when first asked for (_reference_host); policies live on it.
+            self._host = self._frozen_reference(denoiser).to(runtime.device) if policies else None
             denoiser.requires_grad_(True)
         elif runtime.train:
             lora.add_student_adapter(denoiser, cfg.finetune)
@@ -134,15 +144,16 @@ class DiffusersBackbone(Backbone):
                 module.to(runtime.device)
         self._trainable = denoiser
         self._pipelines = []
-        self._text_pipeline = self._sampling_pipeline(denoiser)
+        self._offloaded, self._freed = set(), set()
 
-    def _frozen_reference(self, denoiser):
-        """The full fine-tuning reference: a frozen copy of the denoiser as loaded."""
+    def _frozen_reference(self, denoiser=None):
+        """The full fine-tuning reference: a frozen copy of ``denoiser`` (as loaded, untrained),
+        or the pretrained weights read again."""
         from prefopt_backbones import loading
 
         cfg = self.config
         dtype = loading.torch_dtype(cfg.denoiser_dtype, self.runtime.dtype, trainable=False)
-        if loading.input_dtype(denoiser) == dtype:
+        if denoiser is not None and loading.input_dtype(denoiser) == dtype:
             return loading.frozen_copy(denoiser)
         # In another dtype: load it again, so diffusers keeps in float32 what must stay so.
         library, class_name = self.component_classes[self.denoiser_name]
@@ -213,12 +224,19 @@ class DiffusersBackbone(Backbone):
 
         return extract_model_from_parallel(self._trainable)
 
+    def _reference_host(self):
+        """The module that carries the reference (and policies); a full fine-tune's is loaded on first use."""
+        if self._host is None:
+            self._host = self._frozen_reference().to(self.runtime.device)
+        return self._host
+
     def _frozen_source(self, source: str):
         """(module, context) that give ``source``'s predictions, which are never trained."""
         from prefopt_backbones import lora
 
         if source == REFERENCE:
-            return self._host, lora.adapters_disabled(self._host)
+            host = self._reference_host()
+            return host, lora.adapters_disabled(host)
         if source in self._policies:
             return self._host, lora.only_adapter(self._host, source)
         known = ", ".join([STUDENT, REFERENCE, *sorted(self._policies)])
@@ -232,6 +250,11 @@ class DiffusersBackbone(Backbone):
         import torch
 
         module, context = self._frozen_source(source)
+        if module is self.modules[self.denoiser_name]:
+            # A LoRA student's reference (and policies) is its own module with adapters switched: call
+            # it through accelerate's wrapper, as the student is, so that a sharded module (FSDP,
+            # DeepSpeed ZeRO-3) gathers its weights for this forward too.
+            module = self._trainable
         with torch.no_grad(), context:
             return self._call(module, x_t, t, cond)
 
@@ -241,6 +264,71 @@ class DiffusersBackbone(Backbone):
 
         dtype = input_dtype(module)
         return self._forward(module, x_t.to(dtype), t, cast_floats(cond, dtype))
+
+    # ------------------------------------------------------------------ idle modules
+
+    def release_idle(self, sources, text_cached: bool) -> None:
+        """Before training: free the accelerator memory of what training will not use.
+
+        The VAE (pairs are latents), the text encoders when prompts come from a
+        text cache, and a full fine-tune's frozen reference when no prediction
+        comes from ``REFERENCE``. On an accelerator the VAE and text encoders
+        move to host memory; on a CPU device, and the reference everywhere,
+        they are freed. Whatever needs them later brings them back.
+        """
+        import gc
+
+        idle = [] if self._pixel_space() else ["vae"]
+        if text_cached:
+            idle += self._text_encoder_names()
+        for name in idle:
+            module = self.modules.get(name)
+            if module is None or name in self._offloaded:
+                continue
+            if self.runtime.device.type == "cpu":
+                self.modules[name] = None
+                self._freed.add(name)
+            else:
+                module.to("cpu")
+                self._offloaded.add(name)
+        if self._freed:  # the cached pipelines hold the freed modules
+            self._pipelines = []
+        reference_idle = REFERENCE not in set(sources) and not self._policies
+        if reference_idle and self._host is not None and self._host is not self.modules[self.denoiser_name]:
+            self._host = None
+        gc.collect()
+        if self.runtime.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _text_encoder_names(self) -> list[str]:
+        return [name for name, spec in self._components().items() if spec and name.startswith("text_encoder")]
+
+    def _bring_back(self, names) -> None:
+        """Idle components back on the device: moved back, or reloaded from their pretrained files."""
+        from prefopt_backbones import loading
+
+        reloaded = False
+        for name in names:
+            if name in self._offloaded:
+                self.modules[name].to(self.runtime.device)
+                self._offloaded.discard(name)
+            elif name in self._freed:
+                library, class_name = self._components()[name]
+                dtype = loading.torch_dtype(self._dtype_setting(name), self.runtime.dtype, trainable=False)
+                model = loading.load_model(library, class_name, *self._location(name), dtype)
+                self.modules[name] = model.to(self.runtime.device)
+                self._freed.discard(name)
+                reloaded = True
+        if reloaded:  # pipelines built without the module
+            self._pipelines = []
+
+    @property
+    def _text_pipeline(self):
+        """The pipeline whose ``encode_prompt`` the families call (its text encoders on the device)."""
+        self._bring_back(self._text_encoder_names())
+        return self._sampling_pipeline(self.modules[self.denoiser_name])
 
     # ------------------------------------------------------------------ pipelines and sampling
 
@@ -285,6 +373,7 @@ class DiffusersBackbone(Backbone):
         self._require_loaded()
         if len(prompts) != len(seeds):
             raise ValueError(f"sample: {len(prompts)} prompts but {len(seeds)} seeds")
+        self._bring_back(self._offloaded | self._freed)
         module, context = (self._student(), nullcontext()) if source == STUDENT else self._frozen_source(source)
         pipeline = self._sampling_pipeline(module)
         size = self._resolution()
@@ -382,6 +471,7 @@ class DiffusersBackbone(Backbone):
 
         if self._pixel_space():
             return pixels
+        self._bring_back(["vae"])
         vae = self.modules["vae"]
         with torch.no_grad():
             latent = self._vae_latent(vae, pixels.to(self.runtime.device, vae.dtype))
@@ -396,6 +486,7 @@ class DiffusersBackbone(Backbone):
         self._require_loaded()
         if self._pixel_space():
             return images.to_pil(data)
+        self._bring_back(["vae"])
         vae = self.modules["vae"]
         out = []
         with torch.no_grad():
@@ -430,6 +521,7 @@ class DiffusersBackbone(Backbone):
             )
             return
         # The saved pipeline keeps the model's own scheduler, not the pair sampler.
+        self._bring_back(self._offloaded | self._freed)
         pipeline = self._pipeline(student, scheduler_class=self._scheduler_config["_class_name"])
         pipeline.save_pretrained(directory, safe_serialization=True)
 

@@ -173,6 +173,8 @@ class Trainer:
         self.step_fn = FusedStep(self.backbone, self.objective, cfg.reference_micro_batch,
                                  encode=self._text_encoder(rewrite), rewrite=rewrite)
         self.sampler = EpochSampler(len(self.dataset), self.seed)
+        # Pairs are cached data (and prompts, with the text cache): what training leaves idle may go.
+        self.backbone.release_idle({p.source for p in self.objective.predictions()}, cfg.text_cache)
         if resume_from is not None:
             self.resume(resume_from)
         if accelerator.is_main_process:
