@@ -92,6 +92,31 @@ class TrainConfig(Strict):
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss or gradient stops the run, or skips the step (counted)"
     )
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] = Field(
+        default_factory=list,
+        description="experiment trackers that get the logged metrics, the recipe and validation grids "
+        "(one name or a list; metrics.jsonl is always written)",
+    )
+    validate_every: int = Field(
+        0, ge=0, description="steps between validation samples of fixed prompts and seeds (0: none)"
+    )
+    validation_prompts: list[str] = Field(
+        default_factory=list, description="prompts to validate with (empty: the first 4 distinct prompts of the pairs)"
+    )
+    validation_samples: int = Field(4, ge=1, description="samples per validation prompt (seeds validation_seed + j)")
+    validation_seed: int = Field(0, ge=0, description="seed of the first validation sample of every prompt")
+    ema: bool = Field(False, description="keep an EMA of the trained weights; validation and final/ use it")
+    ema_decay: float = Field(
+        0.9999, gt=0, lt=1, description="EMA decay (diffusers EMAModel ramps it up: min(decay, (1 + t)/(10 + t)) at step t)"
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, value):
+        # `train.report_to=tensorboard` on the command line is one name; "none" is none.
+        if value in (None, "none"):
+            return []
+        return [value] if isinstance(value, str) else value
 
     def effective_batch(self, num_processes: int) -> int:
         """Pairs per optimizer step: batch_size × grad_accum × processes."""

@@ -144,6 +144,9 @@ class Trainer:
         self._bar = None
         self._stop_signal: str | None = None
         self._previous_handlers: dict = {}
+        self.ema = None  # TrainedEMA when train.ema
+        self.validator = None  # Validator when train.validate_every (main process)
+        self.tracking = None  # Tracking: train.report_to
 
     # ------------------------------------------------------------------ setup and teardown
 
@@ -173,6 +176,13 @@ class Trainer:
         self.step_fn = FusedStep(self.backbone, self.objective, cfg.reference_micro_batch,
                                  encode=self._text_encoder(rewrite), rewrite=rewrite)
         self.sampler = EpochSampler(len(self.dataset), self.seed)
+        if cfg.ema:  # before resume: the checkpoint restores it
+            from prefopt.engine.ema import TrainedEMA
+
+            self.ema = TrainedEMA(self.params, cfg.ema_decay, accelerator)
+        from prefopt.engine.validation import make_validator
+
+        self.validator = make_validator(self)  # draws the reference now, before idle parts are released
         # Pairs are cached data (and prompts, with the text cache): what training leaves idle may go.
         self.backbone.release_idle({p.source for p in self.objective.predictions()}, cfg.text_cache)
         if resume_from is not None:
@@ -187,6 +197,9 @@ class Trainer:
 
         self._bar = tqdm(total=cfg.max_steps, initial=self.start_step, unit="step",
                          disable=not accelerator.is_main_process, desc="training")
+        from prefopt.engine.tracking import start_tracking
+
+        self.tracking = start_tracking(self, self.validator)
         self._install_signal_handlers()
 
     def _text_encoder(self, rewrite=None):
@@ -203,6 +216,8 @@ class Trainer:
     def cleanup(self) -> None:
         """Close the progress bar (its line ends before any error is printed), the log, the signal handlers."""
         self._restore_signal_handlers()
+        if self.tracking is not None:
+            self.tracking.finish()
         if self._bar is not None:
             self._bar.close()
         if self._log_file is not None:
@@ -220,6 +235,8 @@ class Trainer:
             result.pairs_per_s = self.effective_batch / max(time.perf_counter() - began, 1e-9)
             if self.is_log_step(done):
                 self.log_metrics(done, result)
+            if self.validator is not None and done % self.cfg.validate_every == 0:
+                self.validator(done)
             self._bar.update(1)
             if self.stop_requested():
                 path = self.save_checkpoint(done)
@@ -228,6 +245,8 @@ class Trainer:
                                  f"{done}; checkpoint {path}; continue with --resume")
             if self.cfg.checkpoint_every and done % self.cfg.checkpoint_every == 0 and done < self.cfg.max_steps:
                 self.save_checkpoint(done)
+        if self.ema is not None:  # final/ and evaluation get the averaged weights
+            self.ema.copy_to_params()
         return TrainResult(skipped_steps=self.skipped)
 
     def train_step(self, step: int) -> StepResult:
@@ -239,6 +258,8 @@ class Trainer:
                      if loss_ok or self.world > 1 else torch.tensor(float("nan")))
         if loss_ok and _finite(grad_norm):
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.step()
             self.scheduler.step()
         else:
             self.on_nonfinite(step, "loss" if not loss_ok else "gradient norm")
@@ -323,6 +344,7 @@ class Trainer:
         with file_errors(self.metrics_path, "append to"):  # a full disk: one line naming the log
             self._log_file.write(json.dumps(metrics) + "\n")
             self._log_file.flush()
+        self.tracking.log(metrics, done)
         shown = {"loss": f"{metrics['loss']:.4f}"}
         if "pref/accuracy" in metrics:
             shown["acc"] = f"{metrics['pref/accuracy']:.2f}"

@@ -1,0 +1,130 @@
+"""Watching a run: trackers (TensorBoard read back), validation samples and EMA, none of which may
+change what training computes (tested bitwise on the toy), all resumable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from helpers import FINAL, assert_same_weights, cli, error_lines, metric_rows, write_toy_recipe
+
+pytest.importorskip("tensorboard")
+
+WATCHED = {"report_to": "tensorboard", "validate_every": 10, "validation_samples": 3}
+
+
+def _run(base, **train):
+    code, err = cli("run", write_toy_recipe(base, train=train))
+    assert code == 0, err
+    return base / "run"
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("plain"))
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("watched"), **WATCHED)
+
+
+@pytest.fixture(scope="module")
+def with_ema(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("ema"), **WATCHED, ema=True, ema_decay=0.9)
+
+
+def _events(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def _without_timing(rows):
+    return [{k: v for k, v in row.items() if k != "perf/pairs_per_s"} for row in rows]
+
+
+def test_tracking_and_validation_leave_training_bitwise_unchanged(plain, watched):
+    assert_same_weights(plain / FINAL, watched / FINAL)
+    assert _without_timing(metric_rows(plain)) == _without_timing(metric_rows(watched))
+
+
+def test_tensorboard_holds_the_metrics_and_validation_images(watched):
+    events = _events(watched)
+    rows = metric_rows(watched)
+    for key in ("loss", "pref/accuracy", "pref/margin", "mse/student_w", "mse/ref_l", "grad_norm", "lr"):
+        logged = events.Scalars(key)
+        assert [e.step for e in logged] == [row["step"] for row in rows]
+        assert [e.value for e in logged] == pytest.approx([row[key] for row in rows], rel=1e-6)
+    assert [e.step for e in events.Images("validation/student")] == [10, 20, 30, 40]
+    assert [e.step for e in events.Images("validation/reference")] == [0]
+    assert "objective.beta" in (watched / "tensorboard").rglob("hparams.yml").__next__().read_text()
+
+
+def test_validation_directories(watched):
+    from PIL import Image
+
+    steps = sorted(p.name for p in (watched / "validation").iterdir())
+    assert steps == ["reference", "step-00000010", "step-00000020", "step-00000030", "step-00000040"]
+    record = json.loads((watched / "validation" / "step-00000020" / "samples.json").read_text())
+    assert record["step"] == 20 and record["seeds"] == [0, 1, 2] and len(record["prompts"]) == 4
+    with Image.open(watched / "validation" / "step-00000020" / "grid.png") as grid:
+        assert grid.size[0] > 100 and grid.size[1] > 100
+
+
+def test_ema_weights_go_to_final_and_resume_bitwise(with_ema, plain, tmp_path):
+    from safetensors.torch import load_file
+
+    averaged, last = load_file(str(with_ema / FINAL)), load_file(str(plain / FINAL))
+    assert any(not torch.equal(averaged[k], last[k]) for k in last)  # final/ holds the averaged weights
+
+    run = tmp_path / "run"
+    shutil.copytree(with_ema, run)
+    recipe = write_toy_recipe(tmp_path, run, train={**WATCHED, "ema": True, "ema_decay": 0.9})
+    (run / FINAL).unlink()
+    code, err = cli("run", recipe, "--resume", "--checkpoint", "step-00000020")
+    assert code == 0, err
+    assert_same_weights(with_ema / FINAL, run / FINAL)  # the EMA came back from the checkpoint exactly
+    # The tracker run continues: every step once, the old events after the checkpoint purged.
+    events = _events(run)
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 41))
+    assert [e.step for e in events.Images("validation/student")] == [10, 20, 30, 40]
+    assert [e.step for e in events.Images("validation/reference")] == [0]
+
+
+def test_ema_swaps_back_exactly():
+    from accelerate import Accelerator
+
+    from prefopt.engine.ema import TrainedEMA
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    ema = TrainedEMA([param], decay=0.5, accelerator=Accelerator(cpu=True))
+    with torch.no_grad():
+        param.add_(1.0)
+    ema.step()  # diffusers' decay at its first step is 0: the average is the weights, 1
+    with torch.no_grad():
+        param.add_(1.0)
+    ema.step()  # then min(0.5, (1 + 1) / (10 + 1)) = 2/11: 1 + (9/11)(2 - 1)
+    with ema.in_place():
+        assert torch.allclose(param, torch.full((3,), 1 + 9 / 11))
+    assert torch.equal(param, torch.full((3,), 2.0))
+
+
+def test_missing_tracker_package_is_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    code, err = cli("run", write_toy_recipe(tmp_path, train={"report_to": ["tensorboard", "wandb"]}))
+    assert code == 2
+    assert error_lines(err) == ["error: this recipe needs the optional package 'wandb': pip install 'prefopt[wandb]'"]
