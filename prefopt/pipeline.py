@@ -264,6 +264,9 @@ def run_recipe(resolved: ResolvedRecipe, registry: PluginRegistry, resume: str |
     from prefopt.locking import hold
 
     check_gpu_options(resolved.recipe)
+    from prefopt.engine.tracking import check_installed
+
+    check_installed(resolved.recipe.train.report_to)  # a missing tracker package fails now, not after pair building
     with hold(resolved.recipe.output_dir, "run directory", process_state()):
         return _run_held(resolved, registry, resume, overwrite, pairs_dir, reference)
 

@@ -33,6 +33,10 @@ NON_RESULT_FIELDS = {
     "train.on_nonfinite", "pretrain.train.on_nonfinite",
     # How far ahead the data is read, not which data: the order is fixed by the step.
     "train.loader_workers", "train.loader_prefetch", "pretrain.train.loader_workers", "pretrain.train.loader_prefetch",
+    # Watching a run (trackers, validation samples) leaves its results bitwise unchanged; EMA does not.
+    "train.report_to", "train.validate_every", "train.validation_prompts", "train.validation_samples",
+    "train.validation_seed", "pretrain.train.report_to", "pretrain.train.validate_every",
+    "pretrain.train.validation_prompts", "pretrain.train.validation_samples", "pretrain.train.validation_seed",
 }
 # What --overwrite keeps of a run directory (everything else goes): stages that are
 # reused when their settings match.
