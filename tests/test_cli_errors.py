@@ -276,3 +276,162 @@ def test_registries_are_independent():
     with_extra = PluginRegistry(modules=[_module_with("mod_d", _TwinA)])
     assert "twin" in with_extra.names("objective")
     assert "twin" not in PluginRegistry().names("objective")
+
+
+# -- recipes that YAML accepts and prefopt must not ---------------------------------------------
+
+DUPLICATES = [
+    ("top-level", "seed: 0\nseed: 1\n", ["'seed'", "lines 1 and 2"]),
+    ("nested", "train:\n  lr: 1.0e-4\n  max_steps: 3\n  lr: 2.0e-4\n", ["'lr'", "lines 2 and 4"]),
+    ("in-a-list", "eval:\n  - name: toy2d_modes\n    name: x\n", ["'name'", "lines 2 and 3"]),
+    ("in-a-compare-variant", "compare:\n  variants:\n    a: {objective: {beta: 1, beta: 2}}\n", ["'beta'", "lines 3 and 3"]),
+    ("two-variants-of-one-name", "compare:\n  variants:\n    dpo: {}\n    kto: {}\n    dpo: {}\n",
+     ["'dpo'", "lines 3 and 5"]),
+    ("one-key-two-spellings", "seed: 1\n? !!str seed\n: 2\n", ["'seed'"]),
+    ("integer-keys", "compare:\n  variants:\n    a: {}\n  seeds: {1: a, 0x1: b}\n", ["1", "twice"]),
+]
+
+
+@pytest.mark.parametrize("text, fragments", [c[1:] for c in DUPLICATES], ids=[c[0] for c in DUPLICATES])
+def test_duplicate_keys_are_refused_at_any_depth(tmp_path, monkeypatch, text, fragments):
+    body = yaml.safe_dump({k: v for k, v in BASE.items() if f"\n{k}:" not in "\n" + text})
+    path = write_recipe(tmp_path, text=text + body)
+    code, _, err = cli(monkeypatch, "validate", str(path))
+    assert_one_error_line(code, err, str(path), "appears twice", *fragments)
+
+
+def test_merge_keys_may_be_overridden(tmp_path, monkeypatch):
+    # `<<` copies keys in on purpose; an explicit key after it is not a duplicate.
+    text = yaml.safe_dump({k: v for k, v in BASE.items() if k != "train"}) + (
+        "train:\n  <<: {max_steps: 5, batch_size: 8}\n  max_steps: 3\n")
+    code, out, err = cli(monkeypatch, "validate", str(write_recipe(tmp_path, text=text)))
+    assert code == 0, err
+
+
+def _alias_bomb(levels: int, width: int = 9) -> str:
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * width) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def _flow_alias_bomb(levels: int, width: int = 9) -> str:
+    """The same bomb as one flow mapping, for an override's value."""
+    items = ["a0: &a0 [" + ", ".join(["lol"] * width) + "]"]
+    items += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "{" + ", ".join(items) + "}"
+
+
+@pytest.mark.parametrize("where", ["field", "compare-variant", "override"])
+def test_an_alias_bomb_fails_fast_in_bounded_memory(tmp_path, monkeypatch, where):
+    """9**12 (about 2.8e11) values if expanded: refused in well under a second and a few MB."""
+    import time
+    import tracemalloc
+
+    body, extra = yaml.safe_dump(BASE), []
+    if where == "field":
+        path = write_recipe(tmp_path, text=_alias_bomb(12) + body.replace("seed: 0", "seed: *a11"))
+    elif where == "compare-variant":
+        path = write_recipe(tmp_path, text=_alias_bomb(12) + body
+                            + "compare:\n  variants:\n    big: {objective: {beta: *a11}}\n")
+    else:
+        path, extra = write_recipe(tmp_path), ["objective.beta=" + _flow_alias_bomb(12)]
+    tracemalloc.start()
+    began = time.perf_counter()
+    code, _, err = cli(monkeypatch, "validate", str(path), *extra)
+    elapsed = time.perf_counter() - began
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    line = assert_one_error_line(code, err, "aliases expand this value to more than")
+    assert elapsed < 5 and peak < 50 * 2**20, (elapsed, peak)
+    assert len(line) < 300
+
+
+def test_an_alias_that_contains_itself_is_refused(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path, text=yaml.safe_dump(BASE) + "x: &a [1, *a]\n")
+    code, _, err = cli(monkeypatch, "validate", str(path))
+    assert_one_error_line(code, err, "refers to a value that contains it")
+
+
+def test_long_values_are_cut_short_in_errors(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path, with_changes(train={"max_steps": ["x" * 5000] * 50}))
+    code, _, err = cli(monkeypatch, "validate", str(path))
+    line = assert_one_error_line(code, err, "train.max_steps")
+    assert len(line) < 400
+    code, _, err = cli(monkeypatch, "validate", str(write_recipe(tmp_path)), "train.max_step=" + "y" * 10000)
+    assert len(assert_one_error_line(code, err, "train.max_step=")) < 400
+
+
+NUMBERS = [
+    ("bool-as-int", "train.max_steps=true", ["train.max_steps", "boolean"]),
+    ("bool-as-float", "train.lr=false", ["train.lr", "boolean"]),
+    ("bool-as-plugin-float", "objective.beta=true", ["objective.beta", "boolean"]),
+    ("bool-in-a-pair", "train.adam_betas=[true, 0.9]", ["train.adam_betas", "boolean"]),
+    ("inf-lr", "train.lr=.inf", ["train.lr", "finite"]),
+    ("nan-lr", "train.lr=.nan", ["train.lr", "finite"]),
+    ("inf-weight-decay", "train.weight_decay=.inf", ["train.weight_decay", "finite"]),
+    ("inf-beta", "objective.beta=.inf", ["objective.beta", "finite"]),
+    ("minus-inf-grad-norm", "train.max_grad_norm=-.inf", ["train.max_grad_norm", "finite"]),
+    ("nan-in-a-list", "train.adam_betas=[.nan, 0.9]", ["train.adam_betas.0", "finite"]),
+    ("huge-float", "train.lr=1e309", ["train.lr", "finite"]),
+    ("negative-seed", "seed=-1", ["seed", "greater than or equal to 0"]),
+    ("seed-too-large", "seed=4294967296", ["seed", "less than 4294967296"]),
+    ("shuffle-seed-too-large", "pairs.prompts={path: p.txt, shuffle_seed: 99999999999}", ["shuffle_seed"]),
+    ("beta1-one", "train.adam_betas=[1.0, 0.999]", ["train.adam_betas", "[0, 1)"]),
+    ("beta2-negative", "train.adam_betas=[0.9, -0.1]", ["train.adam_betas", "[0, 1)"]),
+    ("compare-no-variants", "compare={variants: {}}", ["compare.variants", "at least one variant"]),
+    ("compare-seed-repeated", "compare={variants: {a: {}}, seeds: [3, 1, 3]}", ["compare.seeds", "seed 3"]),
+    ("compare-seed-out-of-range", "compare={variants: {a: {}}, seeds: [0, 4294967296]}", ["compare.seeds"]),
+    ("compare-figure-no-evaluator", "compare={variants: {a: {}}, figure: clip_score}",
+     ["compare.figure", "'clip_score'", "toy2d_modes"]),
+    ("compare-variant-not-a-section", "compare={variants: {a: 5}}", ["compare.variants.a"]),
+    ("compare-variant-inf", "compare={variants: {a: {train: {lr: .inf}}}}", ["compare.variants.a.train.lr", "finite"]),
+    ("compare-variant-bool", "compare={variants: {a: {train: {max_steps: true}}}}", ["variant a", "boolean"]),
+]
+
+
+@pytest.mark.parametrize("override, fragments", [c[1:] for c in NUMBERS], ids=[c[0] for c in NUMBERS])
+def test_out_of_range_values_are_refused_at_validate(tmp_path, monkeypatch, override, fragments):
+    code, _, err = cli(monkeypatch, "validate", str(write_recipe(tmp_path)), override)
+    assert_one_error_line(code, err, *fragments)
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path, with_changes(output_dir=str(tmp_path / "run")))
+    code, _, err = cli(monkeypatch, "run", str(path), "--resume", "--overwrite")
+    assert_one_error_line(code, err, "--resume", "--overwrite")
+    code, _, err = cli(monkeypatch, "run", str(path), "--checkpoint", "step-00000002")
+    assert_one_error_line(code, err, "--checkpoint", "--resume")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_that_is_not_utf8_is_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(yaml.safe_dump(BASE).encode() + b"# caf\xe9\n")
+    code, _, err = cli(monkeypatch, "validate", str(path))
+    assert_one_error_line(code, err, str(path), "not UTF-8")
+
+
+def test_an_unreadable_recipe_is_one_line(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path)
+    real = Path.read_bytes
+
+    def denied(self):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    code, _, err = cli(monkeypatch, "validate", str(path))
+    assert_one_error_line(code, err, str(path), "Permission denied")
+
+
+def test_an_os_error_anywhere_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """The last line of defence in the CLI: an OSError no closer handler caught."""
+    import prefopt.recipe as recipe_module
+
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error", "/some/where/file.bin")
+
+    monkeypatch.setattr(recipe_module, "load_recipe", broken)
+    code, _, err = cli(monkeypatch, "validate", str(write_recipe(tmp_path)))
+    assert_one_error_line(code, err, "/some/where/file.bin", "Input/output error")

@@ -118,7 +118,8 @@ def _validate(recipe: Path, extra: list[str]) -> tuple[int, str, str]:
         pytest.fail(f"prefopt validate crashed on {recipe.read_bytes()[:500]!r} {extra!r}:\n{traceback.format_exc()}")
 
 
-def check(recipe: Path, extra: list[str]) -> None:
+def check(recipe: Path, extra: list[str]) -> tuple[int, str]:
+    """Validate; success, or exactly one error line. Returns (exit code, stderr)."""
     code, out, err = _validate(recipe, extra)
     assert "Traceback" not in err + out
     if code == 0:
@@ -128,6 +129,7 @@ def check(recipe: Path, extra: list[str]) -> None:
         assert err.endswith("\n") and err.count("\n") == 1, repr(err)
         assert err.startswith("error: "), repr(err)
         assert "\r" not in err, repr(err)  # a carriage return would hide the start of the line
+    return code, err
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +189,86 @@ def test_unknown_option(recipe_path, extra):
     code, out, err = _validate(recipe_path, extra)
     assert code == 2 and "Traceback" not in err + out
     assert err.count("\n") == 1 and err.startswith("error:")
+
+
+# -- non-finite numbers, YAML aliases, compare sections ------------------------------------------
+
+# Fewer examples than FUZZ: each case is narrower, and the default test run stays short.
+FUZZ_NARROW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NUMERIC_FIELDS = ["train.lr", "train.weight_decay", "train.max_grad_norm", "objective.beta", "pretrain.train.lr",
+                  "train.adam_betas.0", "backbone.hidden", "train.max_steps", "seed", "compare.seeds.0"]
+NONFINITE = [".inf", "-.inf", ".nan", ".NaN", "+.inf", "1e309", "-1e400", "[.inf, 0.9]", "{a: .nan}"]
+
+
+@FUZZ_NARROW
+@given(key=st.sampled_from(NUMERIC_FIELDS), value=st.sampled_from(NONFINITE), more=overrides)
+def test_non_finite_numbers_are_refused(recipe_path, key, value, more):
+    recipe_path.write_text(yaml.safe_dump(BASE))
+    if key == "train.adam_betas.0":
+        key, value = "train.adam_betas", f"[{value}, 0.9]"
+    code, err = check(recipe_path, [f"{key}={value}", *more])
+    assert code == 2, err
+
+
+@st.composite
+def aliased(draw) -> tuple[str, int]:
+    """A YAML flow value built from anchors and aliases, and how many values it expands to."""
+    depth, width = draw(st.integers(1, 16)), draw(st.integers(1, 9))
+    items = ["a0: &a0 [" + ", ".join(["1"] * width) + "]"]
+    items += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, depth)]
+    size = sum(width ** (i + 1) for i in range(depth))  # the lists alone, an underestimate
+    return "{" + ", ".join(items) + "}", size
+
+
+@FUZZ_NARROW
+@given(value=aliased(), key=st.sampled_from(DOTTED + ["compare.variants.x.objective.beta"]))
+def test_aliases_in_overrides_are_bounded(recipe_path, value, key):
+    import time
+
+    from prefopt.recipe import MAX_NODES
+
+    text, size = value
+    recipe_path.write_text(yaml.safe_dump(BASE))
+    began = time.perf_counter()
+    code, _, err = _validate(recipe_path, [f"{key}={text}"])
+    assert time.perf_counter() - began < 5
+    assert "Traceback" not in err and (code == 0 or err.count("\n") == 1), err
+    if size > MAX_NODES:
+        assert code == 2 and "aliases expand" in err, err
+
+
+HOSTILE_NAMES = ["../x", "../../etc", "/tmp/x", "/", ".", "..", "", "a/b", "a\\b", ".hidden", "seed-0", "SEED-3",
+                 "report.md", "results.csv", "dpo", "DPO", "ok", "x" * 70, "a\x00b", "é"]
+variant_names = st.sampled_from(HOSTILE_NAMES) | st.text(max_size=10)
+variant_bodies = values | st.fixed_dictionaries({
+    "objective": st.fixed_dictionaries({"name": st.sampled_from(["ddspo", "diffusion_dpo", "diffusion_kto", "x"])},
+                                       optional={"beta": scalars}),
+}, optional={"train": st.dictionaries(st.sampled_from(["lr", "max_steps", "adam_betas", "bogus"]), scalars,
+                                      max_size=2)})
+compare_sections = st.fixed_dictionaries(
+    {"variants": st.dictionaries(variant_names, variant_bodies, max_size=4)},
+    optional={"seeds": st.lists(st.integers(-2, 2**33) | st.sampled_from([0, 1, 2**32 - 1, 2**32]), max_size=4)
+              | values,
+              "figure": st.none() | st.sampled_from(["toy2d_modes", "clip_score"]) | st.text(max_size=6)},
+) | values
+
+
+@settings(FUZZ_NARROW, max_examples=60)
+@given(section=compare_sections)
+@example(section={"variants": {"../victim": {}}})
+@example(section={"variants": {"a": {}, "A": {}}})
+@example(section={"variants": {}})
+@example(section={"variants": {"a": {}}, "seeds": [1, 1]})
+@example(section={"variants": {"a": {}}, "figure": "nope"})
+def test_compare_sections(recipe_path, section):
+    from prefopt.recipe import SEED_DIR, VARIANT_NAME
+
+    data = {**BASE, "compare": section}
+    recipe_path.write_text(yaml.safe_dump(data))
+    code, _ = check(recipe_path, [])
+    if code == 0 and isinstance(section, dict):  # what validate accepts is safe to turn into directories
+        names = list(section["variants"])
+        assert names and all(VARIANT_NAME.fullmatch(n) and not SEED_DIR.fullmatch(n) for n in names)
+        assert len({n.lower() for n in names}) == len(names)
+        seeds = section.get("seeds", [0, 1, 2])
+        assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**32 for s in seeds)
