@@ -18,7 +18,7 @@ import yaml
 
 from prefopt.data.pairset import write_atomic
 from prefopt.checksums import read_json
-from prefopt.errors import DataError, PrefoptError, describe_os_error, file_errors
+from prefopt.errors import DataError, PrefoptError, describe_os_error, file_errors, require
 from prefopt.recipe import PairsConfig, ResolvedRecipe, TrainConfig
 from prefopt.registry import PluginRegistry
 from prefopt.rundir import RESOLVED, prepare_run_dir, reseal_final, save_final, verify_final  # noqa: F401 - RESOLVED: model_card
@@ -110,6 +110,23 @@ def runtime_for(accelerator, train: bool = True):
 # -- stages ------------------------------------------------------------------------------------
 def build_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry, backbone, directory: Path,
                 seed: int, accelerator, base_dir: Path, replace_stale: bool = False, full_check: bool = False) -> Path:
+    """Build or reuse the pair dataset; a user's ``pairs.dir`` is held against other commands meanwhile.
+
+    (A run's own pairs/ is covered by the run directory's lock; it may be deleted and
+    rebuilt, so it holds no lock file of its own.)
+    """
+    from contextlib import nullcontext
+
+    from prefopt.locking import hold
+
+    guard = nullcontext() if replace_stale else hold(directory, "pair dataset", process_state())
+    with guard:
+        return _build_pairs(pairs_cfg, source_config, registry, backbone, directory, seed, accelerator, base_dir,
+                            replace_stale, full_check)
+
+
+def _build_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry, backbone, directory: Path,
+                 seed: int, accelerator, base_dir: Path, replace_stale: bool, full_check: bool) -> Path:
     """Build the pair dataset, or reuse a complete one made with the same settings.
 
     A complete dataset with other settings is an error, unless ``replace_stale``

@@ -525,3 +525,16 @@ def test_non_utf8_prompts_are_one_line(tmp_path):
 def test_integrity_errors_are_prefopt_errors():
     assert issubclass(IntegrityError, Exception) and issubclass(DirectoryBusyError, Exception)
     assert run_id_of(Path("/nonexistent-run-dir")) is None
+
+
+def test_a_users_pair_dataset_is_held_while_it_is_built(tmp_path):
+    shared = tmp_path / "shared-pairs"
+    recipe = write_toy_recipe(tmp_path, **{**FAST, "pairs": {"dir": str(shared)}})
+    holder = start_holder(shared)
+    try:
+        one_error(*cli("run", recipe), "pair dataset", str(shared), f"pid {holder.pid}")
+        one_error(*cli("pairs", "build", recipe), "pair dataset", str(shared), f"pid {holder.pid}")
+    finally:
+        stop(holder)
+    code, err = cli("run", recipe)  # the run's failure came before training: the directory is reusable
+    assert code == 0, err
