@@ -277,3 +277,25 @@ def test_prefopt_run_trains_and_final_loads_into_the_pipeline(tiny_flux, tmp_pat
     pipeline = _pipeline(tiny_flux)
     pipeline.load_lora_weights(run / "final")
     assert np.isfinite(_generate(pipeline)).all()
+
+
+@pytest.mark.slow
+def test_documented_flops_are_the_flop_counters():
+    """FLUX.1-dev (its hub transformer config), one 1024-px forward with 512 T5 tokens, counted on meta tensors."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from test_backbone_sd3 import documented_forward_tflop
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        )
+        inputs = dict(hidden_states=torch.randn(1, 4096, 64), encoder_hidden_states=torch.randn(1, 512, 4096),
+                      pooled_projections=torch.randn(1, 768), timestep=torch.tensor([0.5]),
+                      guidance=torch.tensor([3.5]), txt_ids=torch.zeros(512, 3),
+                      img_ids=FluxPipeline._prepare_latent_image_ids(1, 64, 64, "meta", torch.float32))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    assert counter.get_total_flops() / 1e12 == pytest.approx(documented_forward_tflop("| FLUX.1-dev"), abs=0.05)

@@ -304,3 +304,39 @@ def test_prefopt_run_trains_and_final_loads_into_the_pipeline(tiny_sd3, tmp_path
     pipeline = _pipeline(tiny_sd3)
     pipeline.load_lora_weights(run / "final")
     assert np.isfinite(_generate(pipeline)).all()
+
+
+# ---------------------------------------------------------------------------- the FLOPs docs/performance.md states
+
+# transformer/config.json of the hub models.
+SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                  num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192)
+SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
+                  num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
+                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192, qk_norm="rms_norm")
+
+
+def documented_forward_tflop(row_start: str) -> float:
+    """The forward TFLOP of a row of docs/performance.md's FLOPs table."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "performance.md").read_text()
+    row = next(line for line in doc.splitlines() if line.startswith(row_start))
+    return float(row.split("|")[2].split()[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, row", [(SD3_MEDIUM, "| SD3-Medium"), (SD35_LARGE, "| SD3.5-Large")])
+def test_documented_flops_are_the_flop_counters(config, row):
+    """One 1024-px forward with the official run's 77 CLIP + 77 T5 tokens, counted on meta tensors."""
+    from diffusers import SD3Transformer2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = SD3Transformer2DModel(**config)
+        inputs = dict(hidden_states=torch.randn(1, 16, 128, 128), encoder_hidden_states=torch.randn(1, 154, 4096),
+                      pooled_projections=torch.randn(1, 2048), timestep=torch.tensor([500.0]))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    assert counter.get_total_flops() / 1e12 == pytest.approx(documented_forward_tflop(row), abs=0.05)
