@@ -102,6 +102,7 @@ class ImageEvaluator(Evaluator):
         return {k: getattr(self.config, k) for k in SAMPLING_FIELDS if getattr(self.config, k, None) is not None}
 
     def evaluate(self, backbone, run_dir: str, seed: int) -> dict[str, float]:
+        self.check()
         run_dir = Path(run_dir)
         cache = ImageCache(run_dir / "eval_images")
         sources = {STUDENT: student_key(run_dir)}
@@ -471,11 +472,12 @@ def evaluate_models(backbone, evaluators: Sequence[Evaluator], weights: Sequence
         for evaluator in image_evaluators:
             images[name][evaluator.prefix] = draw(backbone, source, key, rows[evaluator.prefix],
                                                   evaluator.sampling(), cache, evaluator.batch_size())
-        if path is not None:
-            for evaluator in others:  # evaluators that draw for themselves see this model as the student
-                run_dir = output / "runs" / name
-                run_dir.mkdir(parents=True, exist_ok=True)
-                flat[name].update(evaluator.evaluate(backbone, str(run_dir), 0))
+        # Evaluators that draw for themselves see this model as the student (the base comes first: before
+        # any weights are loaded, the student is the base model itself).
+        for evaluator in others:
+            run_dir = output / "runs" / name.replace("/", "_")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            flat[name].update(evaluator.evaluate(backbone, str(run_dir), 0))
     for evaluator in image_evaluators:
         with loaded(evaluator, backbone_device(backbone)) as scorer:
             for name in models:

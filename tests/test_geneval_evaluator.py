@@ -13,6 +13,7 @@ from tiny_eval_models import GENEVAL_ROWS, build_mask2former, write_geneval_meta
 from tiny_models import load_backbone
 
 from prefopt.errors import DataError
+from prefopt.evaluation import score_images, summarise
 from prefopt_backbones.sd import SDBackbone
 from prefopt_evaluators.geneval import GenEval
 from prefopt_evaluators.geneval_detector import Mask2FormerDetector
@@ -137,3 +138,86 @@ def test_prompts_per_tag_takes_the_first_of_each_tag(metadata, tiny_detector, ti
     doubled.write_text(metadata.read_text() + json.dumps({**ROWS[0], "prompt": "a dog"}) + "\n")
     chosen = evaluator(doubled, tiny_detector, tiny_clip, prompts_per_tag=1).metadata()
     assert [row["prompt"] for row in chosen] == [row["prompt"] for row in ROWS]
+
+
+# ------------------------------------------------------------------ a detector of its own, plugged in
+
+PALETTE = {(255, 0, 0): ("cat", "red"), (0, 0, 255): ("cat", "blue"), (0, 160, 0): ("dog", "green")}
+SCENE_ROWS = [
+    {"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "red"}], "prompt": "a photo of a red cat"},
+    {"tag": "position", "include": [{"class": "dog", "count": 1},
+                                    {"class": "cat", "count": 1, "position": ["left of", 0]}],
+     "prompt": "a photo of a cat left of a dog"},
+    {"tag": "counting", "include": [{"class": "dog", "count": 2}], "exclude": [{"class": "dog", "count": 3}],
+     "prompt": "a photo of two dogs"},
+]
+
+
+def squares(pixels, palette) -> list:
+    """Each run of columns of one palette colour is one square: a detection with its class, colour and mask."""
+    from prefopt_evaluators.geneval_rules import Detection
+
+    found = []
+    for rgb, (label, colour) in palette.items():
+        mask = (pixels == np.array(rgb)).all(axis=-1)
+        columns = np.flatnonzero(mask.any(axis=0))
+        # Squares of one colour never share a column in these scenes.
+        for run in np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1) if len(columns) else []:
+            part = np.zeros_like(mask)
+            part[:, run] = mask[:, run]
+            ys = np.flatnonzero(part.any(axis=1))
+            box = (float(run[0]), float(ys[0]), float(run[-1] + 1), float(ys[-1] + 1))
+            found.append(Detection(label, 0.95, box, part, colour))
+    return found
+
+
+class SquareDetector:
+    """Scenes of solid squares on white: each square is one object, its class and colour from the palette."""
+
+    def detect(self, images):
+        return [squares(np.asarray(image), PALETTE) for image in images]
+
+    def classify_colours(self, image, detections, label):
+        raise AssertionError("detections carry their colour")
+
+
+class SceneGenEval(GenEval):
+    """GenEval's evaluator with another detector plugged in, as a benchmark of its own would."""
+
+    name = "scene_geneval"
+
+    def load_scorer(self, device):
+        return SquareDetector()
+
+
+def scene(squares) -> Image.Image:
+    """A 40×40 white canvas with 8×8 squares: [(rgb, x, y), ...]."""
+    canvas = np.full((40, 40, 3), 255, dtype=np.uint8)
+    for rgb, x, y in squares:
+        canvas[y:y + 8, x:x + 8] = rgb
+    return Image.fromarray(canvas)
+
+
+def test_a_plugged_in_detector_orders_scenes_of_their_prompt_above_others(tmp_path):
+    """GenEval's rules through the evaluator with another detector: right scenes pass, wrong ones fail."""
+    metadata = tmp_path / "scenes.jsonl"
+    metadata.write_text("".join(json.dumps(r) + "\n" for r in SCENE_ROWS))
+    evaluator = SceneGenEval(GenEval.Config(metadata=str(metadata), images_per_prompt=1))
+    rows = evaluator.eval_rows()
+    red, blue, green = (255, 0, 0), (0, 0, 255), (0, 160, 0)
+    right = [scene([(red, 16, 16)]), scene([(blue, 2, 16), (green, 28, 16)]),
+             scene([(green, 2, 16), (green, 28, 16)])]
+    # Each scene drawn for another prompt of the same tag: a blue cat, a cat right of the dog, three dogs.
+    wrong = [scene([(blue, 16, 16)]), scene([(blue, 28, 16), (green, 2, 16)]),
+             scene([(green, 2, 16), (green, 16, 16), (green, 30, 16)])]
+    good = score_images(evaluator, evaluator.load_scorer(None), right, rows)
+    bad = score_images(evaluator, evaluator.load_scorer(None), wrong, rows)
+    assert good.per_image["overall"] == [1.0, 1.0, 1.0], [r["reason"] for r in good.records]
+    assert bad.per_image["overall"] == [0.0, 0.0, 0.0]
+    assert [r["reason"] for r in bad.records] == [
+        "expected red cat>=1, found 0 red (1 blue)",
+        "expected cat left of target, found right of target",
+        "expected dog<3, found 3",
+    ]
+    assert summarise("geneval", good, rows)["geneval/overall"] == 1.0
+    assert summarise("geneval", bad, rows)["geneval/overall"] == 0.0
