@@ -40,6 +40,7 @@ def backbone(tiny_sd):
 
 def evaluator(metadata, tiny_detector, tiny_clip, **settings) -> GenEval:
     settings = {"metadata": str(metadata), "detector": str(tiny_detector), "colour_model": str(tiny_clip),
+                "detector_size": (64, 128),
                 "images_per_prompt": 2, "num_inference_steps": 2, "guidance_scale": 7.5, "batch_size": 3,
                 **settings}
     return GenEval(GenEval.Config(**settings))
@@ -52,7 +53,26 @@ def images(n: int, seed: int = 0) -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def detector(tiny_detector, tiny_clip):
-    return Mask2FormerDetector(str(tiny_detector), str(tiny_clip), torch.device("cpu"), "float32")
+    return Mask2FormerDetector(str(tiny_detector), str(tiny_clip), torch.device("cpu"), "float32", size=(64, 128))
+
+
+def test_images_are_resized_to_the_configured_sides(detector):
+    picture = images(1)[0]  # 20 × 24: the shorter side goes to the limit, the aspect stays
+    seen = []
+    model = detector.model
+    original = model.forward
+
+    def spy(pixel_values, **kwargs):
+        seen.append(tuple(pixel_values.shape[-2:]))
+        return original(pixel_values=pixel_values, **kwargs)
+
+    model.forward = spy
+    try:
+        with torch.inference_mode():
+            detector.detect([picture])
+    finally:
+        model.forward = original
+    assert seen == [(96, 64)]  # 24 × 20 scaled to a shorter side of 64 (76.8), rounded up to a multiple of 32
 
 
 def test_detector_is_finite_deterministic_and_batch_independent(detector):

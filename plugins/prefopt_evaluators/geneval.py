@@ -49,6 +49,10 @@ class GenEval(ImageEvaluator):
                               description="Mask2Former instance segmentation: hub id or local directory")
         colour_model: str = Field("openai/clip-vit-large-patch14",
                                   description="CLIP that names colours zero-shot: hub id or local directory")
+        detector_size: tuple[int, int] | None = Field(
+            (800, 1333), description="[shorter, longer] side limits the detector resizes images to, keeping their "
+                                     "aspect (GenEval's mmdetection test pipeline: 800, 1333); null: the "
+                                     "processor's own setting")
         object_names: str | None = Field(
             None, description="GenEval's object_names.txt (the detector's classes in order, named as the metadata "
                               "names them); null: the detector's own label names")
@@ -87,7 +91,8 @@ class GenEval(ImageEvaluator):
         from prefopt_evaluators.geneval_detector import Mask2FormerDetector
 
         cfg = self.config
-        detector = Mask2FormerDetector(cfg.detector, cfg.colour_model, device, cfg.dtype, cfg.object_names)
+        detector = Mask2FormerDetector(cfg.detector, cfg.colour_model, device, cfg.dtype, cfg.object_names,
+                                       cfg.detector_size)
         detector.check_classes(self.metadata())
         return detector
 

@@ -106,11 +106,13 @@ class Mask2FormerDetector:
     """Mask2Former instance segmentation + CLIP colours, the ``geneval`` evaluator's detector."""
 
     def __init__(self, model: str, colour_model: str, device: torch.device, dtype: str,
-                 object_names: str | None = None):
+                 object_names: str | None = None, size: tuple[int, int] | None = None):
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         self.device, self.dtype = device, DTYPES[dtype]
         self.processor = AutoImageProcessor.from_pretrained(model)
+        # Resized keeping the aspect, the shorter side to size[0] unless the longer would pass size[1].
+        self.size = None if size is None else {"shortest_edge": size[0], "longest_edge": size[1]}
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model, dtype=self.dtype).to(device).eval()
         config = self.model.config
         if object_names is not None:
@@ -131,7 +133,7 @@ class Mask2FormerDetector:
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
         images = [image.convert("RGB") for image in images]
-        inputs = self.processor(images=images, return_tensors="pt")
+        inputs = self.processor(images=images, return_tensors="pt", **({"size": self.size} if self.size else {}))
         pixels = inputs["pixel_values"].to(self.device, self.dtype)
         pixel_mask = inputs.get("pixel_mask")
         out = self.model(pixel_values=pixels, pixel_mask=None if pixel_mask is None else pixel_mask.to(self.device))
