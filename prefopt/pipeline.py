@@ -399,7 +399,9 @@ def backbone_that_made(directory: Path, registry):
     path = Path(directory) / MADE_WITH
     if not path.is_file():
         raise DataError(f"{directory} has no {MADE_WITH}; pass --recipe to say which backbone decodes it")
-    made_with = json.loads(path.read_text())
+    made_with = read_json(path, "pair dataset record")
+    if not isinstance(made_with, dict) or not {"backbone", "config"} <= set(made_with):
+        raise DataError(f"{path} is damaged (no backbone and config); pass --recipe to say which backbone decodes it")
     cls = registry.get("backbone", made_with["backbone"], where=str(path))
     return cls(cls.Config.model_validate(made_with["config"]))
 
@@ -427,6 +429,11 @@ def show_pairs(backbone, directory: Path, count: int = 8, output: Path | None = 
             axes[i][j].axis("off")
     fig.tight_layout()
     output = Path(output or Path(directory) / "pairs.png")
-    fig.savefig(output, dpi=100)
+    import io
+
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
+    with file_errors(output, "write"):
+        write_atomic(output, image.getvalue())
     plt.close(fig)
     return output

@@ -72,7 +72,11 @@ def find_checkpoint(run_dir: Path, which: str, command: str = "prefopt run RECIP
     earlier = [p.name for p in checkpoints if p.name < chosen.name]
     then = f"from {earlier[-1]}" if earlier else "from step 0"
     repair = f"delete it (rm -r {chosen}) and run `{command} --resume`: training resumes {then}"
-    verify(chosen, "checkpoint", repair, run_id=run_id_of(run_dir))
+    run_id = run_id_of(run_dir)
+    if run_id is None:
+        raise PrefoptError(f"--resume: {run_dir} has no run.json, so no checkpoint can be tied to it; "
+                           f"start the run again with `{command} --overwrite`")
+    verify(chosen, "checkpoint", repair, run_id=run_id)
     return chosen
 
 
