@@ -31,7 +31,8 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from prefopt.data.pairset import write_atomic
 from prefopt.errors import PrefoptError
@@ -268,13 +269,35 @@ def sampling_settings(backbone, overrides: dict[str, Any]):
         backbone.config = original
 
 
+class CachedImages(Sequence):
+    """A model's images for an evaluator's rows, read from the cache when indexed.
+
+    Scorers take their images a batch at a time, so 30,000 FID images are
+    never all in memory.
+    """
+
+    def __init__(self, cache: ImageCache, model: str, sampling: dict, rows: Sequence[EvalRow]):
+        self.cache, self.model, self.sampling, self.rows = cache, model, sampling, list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        image = self.cache.get(self.model, self.sampling, self.rows[index])
+        if image is None:
+            raise PrefoptError(f"cached image {self.cache.path(self.model, self.sampling, self.rows[index])} "
+                               "vanished or was damaged while it was being scored; evaluate again")
+        return image
+
+
 def draw(backbone, source: str, model_key: str, rows: Sequence[EvalRow], sampling: dict[str, Any],
-         cache: ImageCache, batch_size: int) -> list:
-    """Every row's image from ``source``: from the cache, or drawn in batches and cached."""
+         cache: ImageCache, batch_size: int) -> CachedImages:
+    """Every row's image from ``source``: in the cache already, or drawn in batches and cached."""
     from tqdm.auto import tqdm
 
-    images = [cache.get(model_key, sampling, row) for row in rows]
-    missing = [i for i, image in enumerate(images) if image is None]
+    missing = [i for i, row in enumerate(rows) if cache.get(model_key, sampling, row) is None]
     if missing:
         with sampling_settings(backbone, sampling), \
                 tqdm(total=len(missing), unit="image", desc=f"drawing {model_key[:24]}") as bar:
@@ -283,9 +306,8 @@ def draw(backbone, source: str, model_key: str, rows: Sequence[EvalRow], samplin
                 x0 = backbone.sample([rows[i].prompt for i in batch], [rows[i].seed for i in batch], source=source)
                 for i, image in zip(batch, backbone.decode(x0)):
                     cache.put(model_key, sampling, rows[i], image)
-                    images[i] = image
                 bar.update(len(batch))
-    return images
+    return CachedImages(cache, model_key, sampling, rows)
 
 
 # ------------------------------------------------------------------ statistics
@@ -459,12 +481,11 @@ def evaluate_models(backbone, evaluators: Sequence[Evaluator], weights: Sequence
         evaluator.check()
     scored: dict[str, dict[str, Scores]] = {name: {} for name in models}
     rows = {e.prefix: e.eval_rows() for e in image_evaluators}
-    clash = [p for i, p in enumerate(rows) if p in list(rows)[:i]]
-    if len(rows) != len(image_evaluators) or clash:
+    if len(rows) != len(image_evaluators):
         raise PrefoptError("two evaluators share a prefix; give each its own")
     # Draw every model's images first (one load of each model's weights), then score evaluator by evaluator,
-    # so one scorer at a time is in memory.
-    images: dict[str, dict[str, list]] = {name: {} for name in models}
+    # so one scorer at a time is in memory; images are read back from the cache batch by batch.
+    images: dict[str, dict[str, CachedImages]] = {name: {} for name in models}
     flat: dict[str, dict[str, float]] = {name: {} for name in models}
     for name, (source, key, path) in models.items():
         if path is not None:

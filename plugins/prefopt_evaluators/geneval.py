@@ -100,9 +100,8 @@ class GenEval(ImageEvaluator):
         correct, records = [], []
         for start in range(0, len(rows), self.config.batch_size):
             batch = range(start, min(start + self.config.batch_size, len(rows)))
-            found = scorer.detect([images[i] for i in batch])
-            for i, detections in zip(batch, found):
-                image = images[i]
+            pictures = images[start:batch.stop]
+            for i, image, detections in zip(batch, pictures, scorer.detect(pictures)):
                 verdict = judge(rows[i].data, detections,
                                 lambda chosen, label, image=image: scorer.classify_colours(image, chosen, label))
                 correct.append(1.0 if verdict.correct else 0.0)
