@@ -105,6 +105,10 @@ class TrainConfig(Strict):
     )
     validation_samples: int = Field(4, ge=1, description="samples per validation prompt (seeds validation_seed + j)")
     validation_seed: int = Field(0, ge=0, description="seed of the first validation sample of every prompt")
+    validation_eval: list[str] = Field(
+        default_factory=list,
+        description="evaluators of the recipe's eval list (by name) that also score the student at each validation",
+    )
     ema: bool = Field(False, description="keep an EMA of the trained weights; validation and final/ use it")
     ema_decay: float = Field(
         0.9999, gt=0, lt=1, description="EMA decay (diffusers EMAModel ramps it up: min(decay, (1 + t)/(10 + t)) at step t)"

@@ -28,7 +28,13 @@ def plain(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def watched(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("watched"), **WATCHED)
+    """WATCHED, and the recipe's toy evaluator scoring each validation."""
+    base = tmp_path_factory.mktemp("watched")
+    recipe = write_toy_recipe(base, train={**WATCHED, "validation_eval": ["toy2d_modes"]},
+                              eval=[{"name": "toy2d_modes", "samples_per_condition": 10}])
+    code, err = cli("run", recipe)
+    assert code == 0, err
+    return base / "run"
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +68,7 @@ def test_tensorboard_holds_the_metrics_and_validation_images(watched):
         assert [e.value for e in logged] == pytest.approx([row[key] for row in rows], rel=1e-6)
     assert [e.step for e in events.Images("validation/student")] == [10, 20, 30, 40]
     assert [e.step for e in events.Images("validation/reference")] == [0]
+    assert [e.step for e in events.Scalars("validation/toy/mode_accuracy")] == [10, 20, 30, 40]
     assert "objective.beta" in (watched / "tensorboard").rglob("hparams.yml").__next__().read_text()
 
 
@@ -72,6 +79,8 @@ def test_validation_directories(watched):
     assert steps == ["reference", "step-00000010", "step-00000020", "step-00000030", "step-00000040"]
     record = json.loads((watched / "validation" / "step-00000020" / "samples.json").read_text())
     assert record["step"] == 20 and record["seeds"] == [0, 1, 2] and len(record["prompts"]) == 4
+    assert 0 <= record["scores"]["validation/toy/mode_accuracy"] <= 1  # the recipe's evaluator, named for it
+    assert (watched / "validation" / "step-00000020" / "samples.png").is_file()  # and the files it writes
     with Image.open(watched / "validation" / "step-00000020" / "grid.png") as grid:
         assert grid.size[0] > 100 and grid.size[1] > 100
 
@@ -128,3 +137,41 @@ def test_missing_tracker_package_is_one_line(tmp_path, monkeypatch):
     code, err = cli("run", write_toy_recipe(tmp_path, train={"report_to": ["tensorboard", "wandb"]}))
     assert code == 2
     assert error_lines(err) == ["error: this recipe needs the optional package 'wandb': pip install 'prefopt[wandb]'"]
+
+
+@pytest.mark.slow
+def test_shipped_toy_recipe_watched_equals_unwatched(tmp_path):
+    """The issue's check: the toy recipe with TensorBoard and validation every 100 steps writes events with
+    the metrics and validation images, and ends with the weights of the same run without them."""
+    recipe = "recipes/toy2d_ddspo.yaml"
+    plain, watched = tmp_path / "plain", tmp_path / "watched"
+    code, err = cli("run", recipe, f"output_dir={plain}")
+    assert code == 0, err
+    code, err = cli("run", recipe, f"output_dir={watched}", "train.report_to=tensorboard", "train.validate_every=100")
+    assert code == 0, err
+    assert_same_weights(plain / FINAL, watched / FINAL)
+    events = _events(watched)
+    assert [e.step for e in events.Scalars("pref/accuracy")] == [row["step"] for row in metric_rows(watched)]
+    assert [e.step for e in events.Images("validation/student")] == [100, 200, 300, 400]
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_is_continued_on_resume(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train = {"report_to": ["wandb"], "validate_every": 20}
+    run = _run(tmp_path / "first", **train)
+    run_id = json.loads((run / "trackers.json").read_text())["wandb"]
+    (first,) = (run / "wandb").glob(f"offline-run-*-{run_id}")
+    history = (first / f"run-{run_id}.wandb").read_bytes()
+    assert b"pref/accuracy" in history and b"mse/student_w" in history
+    images = sorted(p.name.split("_")[0] for p in (first / "files" / "media" / "images" / "validation").iterdir())
+    assert images == ["reference", "student", "student"]  # steps 0, 20 and 40
+
+    (run / FINAL).unlink()
+    code, err = cli("run", write_toy_recipe(tmp_path / "first", run, train=train), "--resume",
+                    "--checkpoint", "step-00000020")
+    assert code == 0, err
+    assert json.loads((run / "trackers.json").read_text())["wandb"] == run_id
+    assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # the same run id, continued

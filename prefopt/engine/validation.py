@@ -174,6 +174,31 @@ def make_validator(trainer) -> Validator | None:
     prompts = list(cfg.validation_prompts) or list(dict.fromkeys(row["prompt"] for row in trainer.dataset.rows))[:4]
     ema = getattr(trainer, "ema", None)
     validator = Validator(trainer.backbone, trainer.run_dir, prompts, cfg.validation_samples, cfg.validation_seed,
+                          evaluators=recipe_evaluators(trainer.run_dir, cfg.validation_eval),
                           swap_weights=ema.in_place if ema is not None else None)
     validator.reference()
     return validator
+
+
+def recipe_evaluators(run_dir: Path, names: Sequence[str]) -> list[tuple[str, object]]:
+    """The evaluators of the run's recipe (``eval``) whose names ``train.validation_eval`` lists."""
+    if not names:
+        return []
+    import yaml
+
+    from prefopt.recipe import resolve
+    from prefopt.registry import PluginRegistry
+    from prefopt.rundir import RESOLVED
+
+    path = Path(run_dir) / RESOLVED
+    if not path.is_file():
+        raise PrefoptError(f"train.validation_eval: {run_dir} has no {RESOLVED} to take the evaluators from")
+    registry = PluginRegistry()
+    resolved = resolve(yaml.safe_load(path.read_text()), registry, where=str(path))
+    present = [component.name for component in resolved.recipe.eval]
+    missing = sorted(set(names) - set(present))
+    if missing:
+        raise PrefoptError(f"train.validation_eval names {missing[0]!r}, which is not in the recipe's eval list "
+                           f"({', '.join(present) or 'empty'})")
+    return [(component.name, registry.get("evaluator", component.name)(resolved.config("eval", i)))
+            for i, component in enumerate(resolved.recipe.eval) if component.name in names]
