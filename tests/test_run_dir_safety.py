@@ -331,6 +331,9 @@ def test_final_weights_of_another_run_are_refused(finished, tmp_path):
 
 def test_a_damaged_reference_is_refused_and_its_repair_works(tmp_path):
     recipe = write_toy_recipe(tmp_path, train={"max_steps": 2, "checkpoint_every": 0})
+    data = yaml.safe_load(recipe.read_text())
+    data["pretrain"]["train"]["max_steps"] = 5  # a short pretraining: the reference only has to exist
+    recipe.write_text(yaml.safe_dump(data))
     assert cli("run", recipe)[0] == 0
     reference = tmp_path / "run" / "reference"
     weights = reference / FINAL
@@ -424,8 +427,8 @@ def test_a_full_disk_on_each_writer_is_one_line(tmp_path, monkeypatch, target, c
         assert not leftover.name.startswith(".") or leftover.name in LOCK_FILES or leftover.is_dir(), leftover
 
 
-@pytest.mark.parametrize("code", [errno.EACCES, errno.EIO, errno.EROFS])
-@pytest.mark.parametrize("target", ["recipe.resolved.yaml", "metrics.jsonl", "eval.json"])
+@pytest.mark.parametrize("target, code", [("recipe.resolved.yaml", errno.EACCES), ("metrics.jsonl", errno.EIO),
+                                          ("eval.json", errno.EROFS)])
 def test_other_os_errors_on_writers_are_one_line(tmp_path, monkeypatch, target, code):
     recipe = write_toy_recipe(tmp_path, **FAST, eval=EVAL)
     FailingWrites(monkeypatch, target, code, at="open")
@@ -480,7 +483,7 @@ def tiny_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-@pytest.mark.parametrize("size", ["24k", "48k", "96k", "160k"])
+@pytest.mark.parametrize("size", ["48k", "160k"])
 def test_a_real_full_disk_is_one_line(tmp_path, tiny_tmpfs, size):
     run_dir = tiny_tmpfs(size) / "run"
     recipe = write_toy_recipe(tmp_path, run_dir, **FAST, eval=EVAL)
