@@ -179,7 +179,8 @@ def preference_loss(delta: torch.Tensor, beta: float, loss_type: LossType = "sig
 def implicit_accuracy(delta: torch.Tensor) -> torch.Tensor:
     """Share of pairs whose Δ < 0 (the student prefers the winner more than the reference does).
 
-    A tie (Δ == 0, e.g. every pair at initialisation) counts one half.
+    A tie (Δ == 0, e.g. every pair at initialisation) counts one half, so an
+    untrained student reads 0.5 (the official DDSPO code counts ties as 0).
     """
     return ((delta < 0).float() + 0.5 * (delta == 0).float()).mean()
 
