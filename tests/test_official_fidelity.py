@@ -201,7 +201,11 @@ def test_recipe_matches_the_official_run(name, registry):
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_recipe_schedule_is_the_official_lr_curve(name, registry):
-    """The trainer's schedule gives the lr of diffusers' schedule the official script names, step by step."""
+    """The trainer's schedule gives the lr of diffusers' schedule the official script names, step by step.
+
+    The official scripts build it with warmup and length × num_processes and let accelerate step it
+    num_processes times per optimizer step: per optimizer step, the schedule built here.
+    """
     from diffusers.optimization import get_scheduler
 
     from prefopt.engine.trainer import make_scheduler
