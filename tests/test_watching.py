@@ -175,3 +175,27 @@ def test_wandb_offline_run_is_continued_on_resume(tmp_path, monkeypatch):
     assert code == 0, err
     assert json.loads((run / "trackers.json").read_text())["wandb"] == run_id
     assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # the same run id, continued
+
+
+@pytest.mark.slow
+def test_two_processes_watched_equal_unwatched(tmp_path):
+    """Under `accelerate launch` (2 processes, gloo), only the main process validates and writes events,
+    the other waits at the next collective, and the weights are those of the unwatched 2-process run."""
+    import subprocess
+
+    from helpers import ENV, two_process_launch
+
+    boot = tmp_path / "boot.py"
+    boot.write_text("import sys\nsys.argv = ['prefopt'] + sys.argv[1:]\nfrom prefopt.cli import main\nmain()\n")
+    runs = {}
+    for name, train in (("plain", {}), ("watched", {"report_to": "tensorboard", "validate_every": 3})):
+        recipe = write_toy_recipe(tmp_path / name, train={"max_steps": 6, "checkpoint_every": 3, **train})
+        done = subprocess.run(two_process_launch(str(boot), "run", str(recipe)), env=ENV, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = tmp_path / name / "run"
+    assert_same_weights(runs["plain"] / FINAL, runs["watched"] / FINAL)
+    events = _events(runs["watched"])
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 7))
+    assert [e.step for e in events.Images("validation/student")] == [3, 6]
+    assert len(list((runs["watched"] / "tensorboard").glob("events.out.tfevents.*"))) == 1  # one writer
