@@ -11,14 +11,11 @@ the run whose id ``trackers.json`` in the run directory recorded.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 from prefopt.data.pairset import write_atomic
 from prefopt.errors import PrefoptError, require
-
-log = logging.getLogger(__name__)
 
 # tracker name -> (the module it needs, the prefopt extra that installs it)
 PACKAGES = {
@@ -27,7 +24,6 @@ PACKAGES = {
     "trackio": ("trackio", "trackio"),
     "mlflow": ("mlflow", "mlflow"),
 }
-TRACKERS = tuple(PACKAGES)
 PROJECT = "prefopt"  # W&B / trackio project and MLflow experiment of every run
 RECORD = "trackers.json"  # the tracker run ids a resume reopens
 TENSORBOARD_DIR = "tensorboard"
