@@ -81,7 +81,9 @@ def test_reference_micro_batch_chunks_only_the_reference(registry):
 def test_loss_is_ln2_at_initialisation(registry, name):
     backbone = toy_backbone(registry)
     out = FusedStep(backbone, objective(registry, name))(batch(), step_generator(0, 0, 0, 0), torch.device("cpu"))
-    assert out.loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    # Student (2B rows) and reference (3B rows) run one model at different batch sizes, so
+    # CPU kernels may differ by ~1e-8 per output; β = 16000 scales that to ~1e-6 in the loss.
+    assert out.loss.item() == pytest.approx(math.log(2), abs=1e-5)
     assert out.metrics["pref/accuracy"] == pytest.approx(0.5)
 
 
