@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,8 +58,6 @@ def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> st
         reason = exc.strerror or os.strerror(exc.errno)
     else:
         reason = str(exc) or type(exc).__name__
-    if exc.errno == errno.ENOSPC:
-        reason += " (free some space, then run the command again)"
     name = exc.filename if exc.filename is not None else path
     if name is None:
         return reason

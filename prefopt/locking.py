@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from prefopt.errors import DirectoryBusyError, file_errors
+from prefopt.errors import DirectoryBusyError, PrefoptError, file_errors
 
 LOCK = ".prefopt.lock"
 RANKS = ".prefopt.lock.ranks"
@@ -137,8 +137,13 @@ def hold(directory: str | os.PathLike, what: str = "run directory", state=None) 
     after a barrier. Without it, this process is the whole command.
     """
     directory = Path(directory)
-    with file_errors(directory, "create"):
+    try:
         directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a path under a file, a read-only or full disk
+        reason = exc.strerror or str(exc)
+        if what == "run directory":
+            raise PrefoptError(f"output_dir {directory} is not writable: {reason}") from None
+        raise PrefoptError(f"could not write {what} {directory}: {reason}") from None
     key = str(directory.resolve())
     if key in _held:
         _held[key][1] += 1

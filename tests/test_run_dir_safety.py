@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ENV, FINAL, SLOW_PREFERENCE_STEPS, assert_same_weights, checkpoints, cli, error_lines, write_toy_recipe
+from helpers import ENV, FINAL, SLOW_PREFERENCE_STEPS, assert_same_weights, cli, error_lines, write_toy_recipe
 from prefopt import cli as cli_module
 from prefopt.checksums import RECORD, run_id_of
 from prefopt.errors import DirectoryBusyError, IntegrityError
@@ -421,8 +421,7 @@ WRITERS = [
 def test_a_full_disk_on_each_writer_is_one_line(tmp_path, monkeypatch, target, command, named):
     recipe = write_toy_recipe(tmp_path, **FAST, eval=EVAL)
     FailingWrites(monkeypatch, target, errno.ENOSPC)
-    line = one_error(*cli(command, recipe), named, "No space left on device")
-    assert "free some space" in line
+    one_error(*cli(command, recipe), named, "No space left on device")
     for leftover in (tmp_path / "run").rglob("*"):  # nothing cut short is left under its real name
         assert not leftover.name.startswith(".") or leftover.name in LOCK_FILES or leftover.is_dir(), leftover
 

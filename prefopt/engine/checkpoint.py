@@ -114,7 +114,7 @@ def _first_line(exc: BaseException, directory: Path | None = None) -> str:
         return describe_os_error(exc)
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     if directory is not None and disk_nearly_full(directory):
-        reason = f"No space left on device (free some space, then run the command again; {reason})"
+        reason = f"No space left on device ({reason})"
     return reason
 
 
