@@ -29,7 +29,7 @@ class Strict(BaseModel):
 
 
 # Seeds feed numpy's and torch's generators, which take 32-bit seeds.
-Seed = Annotated[int, Field(ge=0, lt=2**32)]
+SEED_LIMIT = 2**32
 
 
 class Component(BaseModel):
@@ -142,7 +142,7 @@ class PromptsConfig(Strict):
     dedupe: bool = True
     min_words: int = Field(1, ge=0)
     max_count: int | None = Field(None, ge=1)
-    shuffle_seed: Seed | None = None
+    shuffle_seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="shuffle with this seed, in [0, 2^32)")
 
 
 class PairsConfig(Strict):
@@ -170,7 +170,7 @@ class CompareConfig(Strict):
     variants: dict[str, dict[str, Any]] = Field(
         description="variant name -> dotted overrides, e.g. {objective: {name: diffusion_dpo, beta: 5000}}"
     )
-    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="each in [0, 2^32)")
     figure: str | None = Field(None, description="evaluator whose figure() draws the comparison")
 
     @field_validator("variants")
@@ -194,6 +194,9 @@ class CompareConfig(Strict):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds):
+        outside = [seed for seed in seeds if not 0 <= seed < SEED_LIMIT]
+        if outside:
+            raise ValueError(f"seed {outside[0]} is outside [0, 2^32)")
         repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
         if repeated:
             raise ValueError(f"seed {repeated[0]} is listed twice (each seed is one run per variant)")
@@ -206,7 +209,7 @@ RESERVED_NAMES = {"results.csv", "results.json", "report.md", "comparison.png"}
 
 
 class Recipe(Strict):
-    seed: Seed = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="in [0, 2^32)")
     output_dir: str = "runs/default"
     backbone: Component
     pretrain: PretrainConfig | None = None
