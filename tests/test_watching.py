@@ -199,3 +199,31 @@ def test_two_processes_watched_equal_unwatched(tmp_path):
     assert [e.step for e in events.Scalars("loss")] == list(range(1, 7))
     assert [e.step for e in events.Images("validation/student")] == [3, 6]
     assert len(list((runs["watched"] / "tensorboard").glob("events.out.tfevents.*"))) == 1  # one writer
+
+
+def test_validation_grid_of_an_image_backbone(tiny_sd, tmp_path):
+    """A diffusers backbone's validation: decoded images in a row per prompt, RNG states untouched."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from tiny_models import load_backbone
+
+    from prefopt.engine.validation import Validator
+    from prefopt_backbones.sd import SDBackbone
+
+    backbone = load_backbone(SDBackbone, tiny_sd, "lora")
+    backbone.trainable_module().train()  # as the trainer has it
+    validator = Validator(backbone, tmp_path, ["a photo of a cat", "a red car"], samples_per_prompt=2, seed=5)
+    torch.manual_seed(123)
+    before = (torch.random.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    validator.reference()
+    validator(7)
+    assert torch.equal(torch.random.get_rng_state(), before[0])
+    assert (np.random.get_state()[1] == before[1]).all() and random.getstate() == before[2]
+    assert backbone.trainable_module().training  # back in training mode
+    for name in ("reference", "step-00000007"):
+        record = json.loads((tmp_path / "validation" / name / "samples.json").read_text())
+        assert record["prompts"] == ["a photo of a cat", "a red car"] and record["seeds"] == [5, 6]
+        with Image.open(tmp_path / "validation" / name / "grid.png") as grid:
+            assert grid.mode == "RGB" and grid.size[1] > grid.size[0] / 2  # two rows of two images
