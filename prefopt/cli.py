@@ -133,17 +133,20 @@ def evaluate(
 def bench(
     recipe: Path = RecipeArg,
     overrides: Optional[List[str]] = OverridesArg,
-    steps: int = typer.Option(5, help="timed training steps after one warm-up step"),
+    steps: int = typer.Option(5, help="timed repetitions (each: one fused and one naive step, interleaved; "
+                                       "medians reported) after the warm-up steps"),
     output: Optional[Path] = typer.Option(
-        None, help="markdown file the result is appended to (default: docs/performance.md; "
+        None, help="markdown file the result is appended to (default: <output_dir>/bench.md; "
                    "with --data: <output_dir>/bench-data.md)"),
+    generation: bool = typer.Option(True, "--generation/--no-generation",
+                                    help="also time pair generation (images/s)"),
     data: bool = typer.Option(False, "--data", help="measure the pair data path instead: bytes read per step, "
                                                     "loader pairs/s, data wait (see docs/performance.md)"),
     pairs: int = typer.Option(20000, "--pairs", help="--data: rows of the synthetic pair dataset"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="--data: keep (and reuse) the synthetic "
                                                                      "dataset here instead of a temporary directory"),
 ) -> None:
-    """Time training steps of a recipe and append pairs/s and memory to docs/performance.md."""
+    """Time the recipe's training step against the official DDSPO step, and pair generation; append the rows to a file."""
     registry, resolved = _load(recipe, overrides)
     if data:
         from prefopt.data.bench import run_data_bench
@@ -153,8 +156,7 @@ def bench(
         return
     from prefopt.bench import run_bench
 
-    run_bench(resolved, registry, steps=steps, output=output or Path("docs/performance.md"),
-              overrides=overrides or [])
+    run_bench(resolved, registry, steps=steps, output=output, overrides=overrides or [], generation=generation)
 
 
 @app.command()

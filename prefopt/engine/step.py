@@ -87,6 +87,21 @@ class FusedStep:
             swapped = rewritten.swapped.to(device)
 
         cond, cond_index = self._encode_prompts(batch)
+        predictions = self._predict(x_t, t, cond, cond_index, n)
+        inputs = ObjectiveInputs(
+            predictions=predictions,
+            targets=targets,
+            t_fraction=backbone.t_fraction(t),
+            weight=backbone.loss_weight(t),
+            reduce_mean=reduce_mean,
+            swapped=swapped,
+        )
+        return self.objective.loss(inputs)
+
+    def _predict(self, x_t: dict, t: torch.Tensor, cond: dict, cond_index: dict, n: int
+                 ) -> dict[Prediction, torch.Tensor]:
+        """Every requested prediction: one call per source (chunked for the reference if asked)."""
+        backbone = self.backbone
         predictions: dict[Prediction, torch.Tensor] = {}
         for source, wanted in self.by_source.items():
             x_in = torch.cat([x_t[p.latent] for p in wanted])
@@ -102,16 +117,7 @@ class FusedStep:
                     )
             for p, chunk in zip(wanted, out.float().split(n)):
                 predictions[p] = chunk
-
-        inputs = ObjectiveInputs(
-            predictions=predictions,
-            targets=targets,
-            t_fraction=backbone.t_fraction(t),
-            weight=backbone.loss_weight(t),
-            reduce_mean=reduce_mean,
-            swapped=swapped,
-        )
-        return self.objective.loss(inputs)
+        return predictions
 
     def _encode_prompts(self, batch: PairBatch):
         """Encode each unique prompt once; index tensors map c / c- rows to it."""
