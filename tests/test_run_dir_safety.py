@@ -412,6 +412,7 @@ WRITERS = [
     ("run.json", "run", "run.json"),
     ("metrics.jsonl", "run", "metrics.jsonl"),
     ("trainer_state.json", "run", "checkpoints/step-00000002"),
+    ("config.json", "run", "/final"),  # the first file of final/ (diffusers' save_pretrained)
     ("eval.json", "run", "eval.json"),
     ("samples.csv", "run", "samples.csv"),
 ]
