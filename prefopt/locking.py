@@ -170,7 +170,3 @@ def hold(directory: str | os.PathLike, what: str = "run directory", state=None) 
         for handle in handles:
             handle.close()  # closing the last descriptor releases the flock
 
-
-def holds(directory: str | os.PathLike) -> bool:
-    """Whether this process holds ``directory`` now."""
-    return str(Path(directory).resolve()) in _held
