@@ -20,13 +20,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 DEFAULT_METRICS = "loss,pref/accuracy,pref/margin,mse/student_w,mse/student_l,grad_norm"
-LOG_SCALE = {"loss", "pref/margin", "mse/student_w", "mse/student_l", "mse/ref_l", "grad_norm", "kto/kl"}
+LOG_SCALE = {"loss", "pref/margin", "mse/student_w", "mse/student_l", "mse/ref_l", "grad_norm"}
 
 
 def rolling_mean(values: np.ndarray, width: int = 5) -> np.ndarray:
     out = np.empty_like(values)
     for i in range(len(values)):
-        out[i] = np.nanmean(values[max(0, i - width + 1): i + 1])
+        window = values[max(0, i - width + 1): i + 1]
+        out[i] = np.nanmean(window) if np.isfinite(window).any() else np.nan
     return out
 
 
