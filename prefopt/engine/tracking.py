@@ -86,8 +86,14 @@ class Tracking:
             return tracking.WandBTracker(PROJECT, name=run_name, dir=str(self.run_dir), **resume)
         if name == "trackio":
             return tracking.TrackioTracker(PROJECT, name=run_id or run_name, resume="allow")
-        return tracking.MLflowTracker(PROJECT, logging_dir=str(self.run_dir / "mlruns"), run_id=run_id,
-                                      run_name=run_name)
+        import os
+
+        import mlflow
+
+        store = self.run_dir / "mlruns"
+        if "MLFLOW_TRACKING_URI" not in os.environ:  # a user's server wins; else a store in the run directory
+            mlflow.set_tracking_uri(store.resolve().as_uri())
+        return tracking.MLflowTracker(PROJECT, logging_dir=str(store), run_id=run_id, run_name=run_name)
 
     @staticmethod
     def _run_id(name: str, tracker) -> str | None:
