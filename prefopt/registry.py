@@ -112,6 +112,7 @@ class PluginRegistry:
         close = difflib.get_close_matches(name, table, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         place = f"{where}: " if where else ""
+        shown = repr(name) if len(name) <= 60 else repr(name[:60]) + "..."  # a long name must not flood the line
         raise RecipeError(
-            f"{place}unknown {label} {name!r} (available: {', '.join(sorted(table)) or 'none'}){hint}"
+            f"{place}unknown {label} {shown} (available: {', '.join(sorted(table)) or 'none'}){hint}"
         )
