@@ -435,3 +435,8 @@ def test_an_os_error_anywhere_is_one_line_naming_the_file(tmp_path, monkeypatch)
     monkeypatch.setattr(recipe_module, "load_recipe", broken)
     code, _, err = cli(monkeypatch, "validate", str(write_recipe(tmp_path)))
     assert_one_error_line(code, err, "/some/where/file.bin", "Input/output error")
+
+
+def test_a_long_unknown_plugin_name_is_cut_short(tmp_path, monkeypatch):
+    code, _, err = cli(monkeypatch, "validate", str(write_recipe(tmp_path)), "objective.name=" + "x" * 3000)
+    assert len(assert_one_error_line(code, err, "unknown objective 'xxxx")) < 400
