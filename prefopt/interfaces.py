@@ -226,6 +226,13 @@ class Backbone(Plugin):
     def trainable_parameters(self) -> Iterable["torch.nn.Parameter"]:
         return [p for p in self.trainable_module().parameters() if p.requires_grad]
 
+    def adopt_student_state(self, state_dict: dict) -> None:
+        """Take the student's full weights, gathered by the engine after training under FSDP or
+        DeepSpeed ZeRO-3, into a plain (unsharded) student for saving and evaluation."""
+        from prefopt.errors import PrefoptError
+
+        raise PrefoptError(f"the {self.name} backbone cannot be trained sharded (FSDP / ZeRO-3)")
+
     def release_idle(self, sources: Iterable[str], text_cached: bool) -> None:
         """Told before the first step which prediction sources training asks for and whether
         prompts come from a text cache: a backbone may move what stays idle off the accelerator

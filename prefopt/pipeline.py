@@ -35,6 +35,10 @@ def make_accelerator(train: TrainConfig):
     from accelerate.state import AcceleratorState
 
     _require_gpu_options(train, "train")
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        require("deepspeed", "deepspeed")
     # Stages of one process may ask for different precisions; accelerate keeps
     # one global state, so start each stage from a clean one.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -43,8 +47,21 @@ def make_accelerator(train: TrainConfig):
     # then form one gloo group instead of each running alone as "process 0 of 1".
     # step_scheduler_with_optimizer=False: the trainer steps the LR schedule once per optimizer
     # step itself; accelerate's default would step it once per process (see Trainer.setup).
-    return Accelerator(mixed_precision=train.mixed_precision, cpu=not torch.cuda.is_available(),
-                       step_scheduler_with_optimizer=False)
+    # gradient_accumulation_steps: accelerator.accumulate() syncs and (DeepSpeed) steps on the last micro-step.
+    accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=not torch.cuda.is_available(),
+                              step_scheduler_with_optimizer=False, gradient_accumulation_steps=train.grad_accum)
+    _check_sharding(accelerator)
+    return accelerator
+
+
+def _check_sharding(accelerator) -> None:
+    """A launch that asks for FSDP must get it: accelerate runs FSDP on GPUs only and would
+    otherwise train unsharded, as plain data parallel, without a word."""
+    from accelerate.utils import DistributedType, parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") and accelerator.distributed_type != DistributedType.FSDP:
+        raise PrefoptError("the launch asks for FSDP, which accelerate runs on GPUs only (here it would train "
+                           "without sharding); launch without the FSDP config on this machine")
 
 
 def set_tf32(allow: bool) -> None:

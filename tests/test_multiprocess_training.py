@@ -313,7 +313,7 @@ def test_accumulate_gives_every_micro_step_of_every_process_its_own_slice():
     cfg = SimpleNamespace(grad_accum=grad_accum, batch_size=batch)
     workers = []
     for rank in range(world):
-        accelerator = SimpleNamespace(no_sync=lambda module: torch.enable_grad(), autocast=torch.enable_grad,
+        accelerator = SimpleNamespace(accumulate=lambda module: torch.enable_grad(), autocast=torch.enable_grad,
                                       backward=lambda loss: None, device=torch.device("cpu"),
                                       num_processes=world, process_index=rank)
         worker = trainer.Trainer(backbone=None, objective=None, dataset=Dataset(), cfg=cfg, run_dir=Path("."),

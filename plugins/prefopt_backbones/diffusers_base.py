@@ -66,6 +66,7 @@ class DiffusersBackbone(Backbone):
         self._trainable = None  # the student as accelerate handed it back
         self._host = None  # module that gives reference and policy predictions (None: not loaded yet)
         self._policies: set[str] = set()
+        self._policy_paths: dict[str, str] = {}
         self._pipelines: list = []  # sampling pipelines, one per denoiser they wrap (built once)
         self._offloaded: set[str] = set()  # idle components moved to host memory
         self._freed: set[str] = set()  # idle components dropped, reloaded when next needed
@@ -202,6 +203,7 @@ class DiffusersBackbone(Backbone):
                 raise PrefoptError(f"a policy cannot be named {name!r} (reserved)")
             lora.load_policy(self._host, name, path, prefix=self.denoiser_name)
         self._policies = set(policies)
+        self._policy_paths = dict(policies)
 
     def _require_loaded(self) -> None:
         if self.runtime is None:
@@ -217,6 +219,29 @@ class DiffusersBackbone(Backbone):
 
     def set_trainable_module(self, module) -> None:
         self._trainable = module
+
+    def adopt_student_state(self, state_dict) -> None:
+        """Take the student's full weights, gathered from a sharded module (FSDP, ZeRO-3), into a
+        plain module for saving and sampling: the denoiser read again with the student's adapter,
+        the gathered weights loaded into it (the sharded original cannot run on one process)."""
+        from prefopt_backbones import loading, lora
+
+        cfg = self.config
+        full = cfg.finetune.mode == "full"
+        library, class_name = self.component_classes[self.denoiser_name]
+        dtype = loading.torch_dtype(cfg.denoiser_dtype, self.runtime.dtype, trainable=full)
+        denoiser = loading.load_model(library, class_name, *self._location(self.denoiser_name), dtype)
+        loading.set_attention(denoiser, cfg.attention, self.runtime.device)
+        if not full:
+            lora.add_student_adapter(denoiser, cfg.finetune)
+        denoiser.load_state_dict(state_dict)
+        denoiser.to(self.runtime.device)
+        lora_host = self._host is self.modules[self.denoiser_name]
+        self.modules[self.denoiser_name] = self._trainable = denoiser
+        if lora_host:  # the reference and policies live on the student's module
+            self._host = denoiser
+            self._load_policies(self._policy_paths)
+        self._pipelines = []
 
     def _student(self):
         """The student without accelerate's wrapper (for pipelines, adapters and saving)."""

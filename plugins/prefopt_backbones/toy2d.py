@@ -79,6 +79,14 @@ class Toy2DBackbone(Backbone):
     def set_trainable_module(self, module) -> None:
         self.student = module
 
+    def adopt_student_state(self, state_dict) -> None:
+        """The gathered weights of a sharded student into a plain copy of the architecture."""
+        from prefopt_backbones.loading import frozen_copy
+
+        student = frozen_copy(self.reference)
+        student.load_state_dict(state_dict)
+        self.student = student.requires_grad_(True).train()
+
     # -- conditioning ------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]):
         import torch

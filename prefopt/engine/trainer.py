@@ -20,7 +20,6 @@ import json
 import logging
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,9 +167,12 @@ class Trainer:
             raise PrefoptError("the accelerator must be made with step_scheduler_with_optimizer=False "
                                "(prefopt.pipeline.make_accelerator)")
         scheduler = make_scheduler(cfg, optimizer)
+        self._configure_deepspeed()
         self.module, self.optimizer, self.scheduler = accelerator.prepare(
             self.backbone.trainable_module(), optimizer, scheduler)
         self.backbone.set_trainable_module(self.module)
+        # The parameters as prepared: FSDP2 replaces them by sharded ones, which clipping must see.
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
         # The objective's per-pair prompt changes (random-condition removal, prompt dropout), if any.
         rewrite = self.objective.prompt_rewrite({row["prompt"] for row in self.dataset.rows})
         self.step_fn = FusedStep(self.backbone, self.objective, cfg.reference_micro_batch,
@@ -202,6 +204,20 @@ class Trainer:
         self.tracking = start_tracking(self, self.validator)
         self._install_signal_handlers()
 
+    def _configure_deepspeed(self) -> None:
+        """DeepSpeed takes the micro-batch and clipping from its config: fill its "auto" values from the recipe.
+
+        (No dataloader goes through prepare(), so accelerate cannot infer the batch size.)
+        """
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is None:
+            return
+        config = plugin.deepspeed_config
+        if config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+            config["train_micro_batch_size_per_gpu"] = self.cfg.batch_size
+        if config.get("gradient_clipping", "auto") == "auto":
+            config["gradient_clipping"] = self.cfg.max_grad_norm or 0.0  # 0: DeepSpeed does not clip
+
     def _text_encoder(self, rewrite=None):
         """Prompt encoding for the step: a TextCache built now, or None (the backbone's encoder)."""
         if not self.cfg.text_cache:
@@ -214,8 +230,11 @@ class Trainer:
                                self.accelerator).encode
 
     def cleanup(self) -> None:
-        """Close the progress bar (its line ends before any error is printed), the log, the signal handlers."""
+        """Close the progress bar (its line ends before any error is printed), the log, the signal
+        handlers; let go of the optimizer state (accelerate holds it), before final/ is saved."""
         self._restore_signal_handlers()
+        self.accelerator.free_memory()
+        self.optimizer = self.scheduler = None
         if self.tracking is not None:
             self.tracking.finish()
         if self._bar is not None:
@@ -247,7 +266,23 @@ class Trainer:
                 self.save_checkpoint(done)
         if self.ema is not None:  # final/ and evaluation get the averaged weights
             self.ema.copy_to_params()
+        self.gather_sharded_student()
         return TrainResult(skipped_steps=self.skipped)
+
+    def gather_sharded_student(self) -> None:
+        """Under FSDP or DeepSpeed ZeRO-3 each process holds a shard of the student: gather its
+        full weights (a collective: every process calls this) into a plain module on the main
+        process, which saves final/ and evaluates."""
+        from accelerate.utils import DistributedType
+
+        accelerator = self.accelerator
+        zero3 = (accelerator.distributed_type == DistributedType.DEEPSPEED
+                 and accelerator.state.deepspeed_plugin.zero_stage == 3)
+        if not (accelerator.distributed_type == DistributedType.FSDP or zero3):
+            return
+        state = accelerator.get_state_dict(self.module)  # whole on the main process
+        if accelerator.is_main_process:
+            self.backbone.adopt_student_state(state)
 
     def train_step(self, step: int) -> StepResult:
         """One optimizer step (0-based ``step``); returns its metrics, still on the device."""
@@ -283,8 +318,9 @@ class Trainer:
         all_finite = torch.ones((), dtype=torch.bool, device=device)
         for micro in range(cfg.grad_accum):
             batch = self.fetch_batch(step, micro)
-            sync = nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(self.module)
-            with sync, accelerator.autocast():
+            # accelerate's accumulate(): gradients are all-reduced on the last micro-step only (no_sync
+            # before it), backward() divides the loss by grad_accum, DeepSpeed steps at the boundary.
+            with accelerator.accumulate(self.module), accelerator.autocast():
                 out = self.step_fn(batch, step_generator(self.seed, step, micro, self.rank), device,
                                    self.reduce_mean)
             loss = out.loss.detach()
@@ -293,7 +329,7 @@ class Trainer:
             # Every micro-step runs its backward even after a non-finite loss: with more processes
             # each must join every gradient all-reduce, and the non-finite gradients it spreads make
             # every process skip (or stop) this step.
-            accelerator.backward(out.loss / cfg.grad_accum)
+            accelerator.backward(out.loss)
             for key, value in {"loss": loss, **out.metrics}.items():
                 value = torch.as_tensor(value, dtype=dtype, device=device) / cfg.grad_accum
                 sums[key] = sums.get(key, 0.0) + torch.where(finite, value, torch.zeros_like(value))
