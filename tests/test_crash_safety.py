@@ -250,11 +250,15 @@ def test_missing_or_empty_pairs_dir_is_built(tmp_path):
 
 
 def test_corrupt_manifest(tmp_path):
+    """Refused where it is read; rewritten by a build (the dataset's settings come from the recipe)."""
     pairs_dir = tmp_path / "pairs"
     pairs_dir.mkdir()
     (pairs_dir / "manifest.json").write_text('{"format": 1, "backbone": {"fam')
-    line = one_error(*cli("run", write_recipe(tmp_path), f"pairs.dir={pairs_dir}"))
-    assert line.startswith(f"error: corrupt pair dataset manifest {pairs_dir / 'manifest.json'}")
+    recipe = write_recipe(tmp_path)
+    line = one_error(*cli("pairs", "show", pairs_dir, "--recipe", recipe))
+    assert line.startswith(f"error: {pairs_dir / 'manifest.json'} is damaged (not valid JSON)")
+    code, err = cli("run", recipe, f"pairs.dir={pairs_dir}", "train.max_steps=2")
+    assert code == 0, err
 
 
 def test_corrupt_shard_is_refused(tmp_path):
@@ -267,8 +271,8 @@ def test_corrupt_shard_is_refused(tmp_path):
     data[-3] ^= 0xFF  # a flipped bit in the tensor bytes: the file still parses
     shard.write_bytes(bytes(data))
     line = one_error(*cli("run", recipe, f"pairs.dir={pairs_dir}"))
-    assert line == (f"error: pair dataset {pairs_dir}: shard-00000.safetensors is corrupt "
-                    "(checksum mismatch); rebuild it")
+    assert line.startswith(f"error: {pairs_dir / 'shards' / 'shard-00000.safetensors'} is damaged (row ")
+    assert line.endswith(f"repair it with `prefopt pairs build RECIPE` (the recipe that built {pairs_dir})")
 
 
 def test_pairs_built_for_another_backbone_are_refused(tmp_path):
@@ -288,8 +292,10 @@ def test_unfinished_pairs_with_other_settings_are_refused(tmp_path):
     recipe = write_recipe(tmp_path)
     code, err = cli("pairs", "build", recipe, f"pairs.dir={pairs_dir}")
     assert code == 0, err
+    from prefopt.data.integrity import seal
+
     manifest = json.loads((pairs_dir / "manifest.json").read_text())
-    (pairs_dir / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    (pairs_dir / "manifest.json").write_text(json.dumps(seal({**manifest, "complete": False})))
     line = one_error(*cli("run", recipe, f"pairs.dir={pairs_dir}", "pairs.source.pairs_per_condition=3"))
     assert line.startswith(f"error: pair dataset {pairs_dir} was built with different settings")
 

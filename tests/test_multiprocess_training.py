@@ -51,12 +51,16 @@ import prefopt.engine.trainer as trainer
 accumulate = trainer.Trainer.accumulate
 def recording_accumulate(self, step):
     current.update(stage=self.objective.name, step=step)
+    log.write(json.dumps({"event": "step", **current}) + "\n")
     return accumulate(self, step)
 trainer.Trainer.accumulate = recording_accumulate
 take = trainer.EpochSampler.take
 def recording_take(self, position, count):
     indices = take(self, position, count)
-    log.write(json.dumps({"event": "take", **current, "size": self.size, "indices": indices}) + "\n")
+    # The loader takes the indices of later steps ahead of time: the step is the one the position
+    # belongs to (grad_accum is 1 here), not the one being trained when the take happens.
+    step = position // (count * int(os.environ.get("WORLD_SIZE", "1")))
+    log.write(json.dumps({"event": "take", **current, "step": step, "size": self.size, "indices": indices}) + "\n")
     return indices
 trainer.EpochSampler.take = recording_take
 import prefopt_objectives.losses as losses
@@ -310,7 +314,7 @@ def test_accumulate_gives_every_micro_step_of_every_process_its_own_slice():
             x = torch.zeros(len(indices), 2)
             return x, x, ["c"] * len(indices), ["n"] * len(indices)
 
-    cfg = SimpleNamespace(grad_accum=grad_accum, batch_size=batch)
+    cfg = SimpleNamespace(grad_accum=grad_accum, batch_size=batch, max_steps=7, loader_workers=0, loader_prefetch=2)
     workers = []
     for rank in range(world):
         accelerator = SimpleNamespace(accumulate=lambda module: torch.enable_grad(), autocast=torch.enable_grad,
@@ -383,7 +387,7 @@ def assert_stopped_whole(run_dir: Path, launch: Launch) -> tuple[int, list[str]]
     _, step, named = messages[0]
     assert 3 < step <= STEPS
     for rank in (0, 1):  # what each process trained: steps 1..step, no further
-        trained = [e["step"] for e in launch.events(rank) if e["event"] == "take" and e["stage"] != "denoise"]
+        trained = [e["step"] for e in launch.events(rank) if e["event"] == "step" and e["stage"] != "denoise"]
         assert trained == list(range(step)), rank
     exits = [launch.dir / f"exit-{rank}" for rank in (0, 1)]
     codes = [path.read_text() for path in exits if path.exists()]

@@ -12,6 +12,9 @@ with workers, without them, or resumed part way reads exactly the same rows.
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 import torch
@@ -65,6 +68,36 @@ class _Batches(Dataset):
             return step, micro, exc
 
 
+def _init_worker(worker_id: int) -> None:
+    """Leave stopping to the main process, and the run's locks to it alone.
+
+    SIGTERM / SIGINT sent to the whole process group (Ctrl-C, a scheduler, a
+    launcher) must reach the main process only: it finishes the step, writes its
+    checkpoint and then ends the workers. A worker killed first would fail the
+    step instead.
+
+    A flock belongs to the open file, which fork() shares: a worker keeping its
+    copy would keep the run directory locked after its main process is killed,
+    until the worker notices (seconds later). Closing the copy (not unlocking,
+    which would unlock the parent too) leaves the main process the only holder.
+    """
+    from prefopt.locking import is_lock_file
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():  # not Linux: workers are spawned there, and inherit no files
+        return
+    for entry in list(fds.iterdir()):
+        try:
+            target = os.readlink(entry)
+        except OSError:
+            continue
+        if is_lock_file(os.path.basename(target)):
+            os.close(int(entry.name))
+
+
 class BatchLoader:
     """``batch(step, micro)`` in training order; the rows are read ahead when ``workers`` > 0."""
 
@@ -75,18 +108,26 @@ class BatchLoader:
             _Batches(dataset), sampler=steps, batch_size=None, num_workers=workers,
             prefetch_factor=prefetch if workers else None,
             pin_memory=torch.cuda.is_available(),  # page-locked batches copy to the GPU asynchronously
+            worker_init_fn=_init_worker,
         )
         self._batches: Iterator | None = None
 
     def batch(self, step: int, micro: int):
-        """x0_w, x0_l, prompts, negatives of this micro-step, which must be the next one in order."""
+        """x0_w, x0_l, prompts, negatives of this micro-step.
+
+        Micro-steps are asked for in order; ones the loop skipped (a step cut short
+        by a non-finite loss) are passed over.
+        """
         if self._batches is None:
             self._batches = iter(self._loader)
-        got_step, got_micro, batch = next(self._batches)
+        while True:
+            got_step, got_micro, batch = next(self._batches)
+            if (got_step, got_micro) >= (step, micro):
+                break
+        if (got_step, got_micro) != (step, micro):  # asked out of order: a bug in the loop, not the data
+            raise RuntimeError(f"data loader at step {got_step}.{got_micro}, training asked for {step}.{micro}")
         if isinstance(batch, PrefoptError):
             raise batch
-        if (got_step, got_micro) != (step, micro):  # the loop and the loader disagree on the order
-            raise RuntimeError(f"data loader at step {got_step}.{got_micro}, training at {step}.{micro}")
         return tuple(batch)  # the DataLoader hands sequences back as lists
 
     def close(self) -> None:

@@ -107,9 +107,6 @@ class RowFile:
             row_bytes = (end - begin) // count if count else 0
             self._layout[key] = (dtype, shape[1:], row_bytes, 8 + length + begin, count)
 
-    def rows(self, key: str) -> int:
-        return self.open()._layout[key][4] if key in self.open()._layout else 0
-
     def row_spec(self, key: str) -> tuple[torch.dtype, tuple[int, ...]]:
         dtype, shape, *_ = self.open()._layout[key]
         return dtype, shape
@@ -129,15 +126,6 @@ class RowFile:
             raise self.damaged("cut short")
         if digest(out) != expected:
             raise self.damaged(f"row {row} of {key} does not match its checksum")
-
-    def read_rows(self, key: str, rows: list[int], digests: list[str]) -> torch.Tensor:
-        """Rows of one tensor, stacked, each checked."""
-        dtype, shape = self.row_spec(key)
-        out = torch.empty((len(rows), *shape), dtype=dtype)
-        buffer = row_bytes(out)
-        for i, (row, expected) in enumerate(zip(rows, digests)):
-            self.read_into(key, row, buffer[i], expected)
-        return out
 
     def verify_all(self, digests: dict[str, list[str]]) -> None:
         """Check every row of every tensor (sequential reads; for repairs and builds, not batches)."""

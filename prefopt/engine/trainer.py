@@ -146,6 +146,7 @@ class Trainer:
         self.ema = None  # TrainedEMA when train.ema
         self.validator = None  # Validator when train.validate_every (main process)
         self.tracking = None  # Tracking: train.report_to
+        self._loader = None  # BatchLoader, made at the first batch (it starts at the first step trained)
 
     # ------------------------------------------------------------------ setup and teardown
 
@@ -235,6 +236,8 @@ class Trainer:
         self._restore_signal_handlers()
         self.accelerator.free_memory()
         self.optimizer = self.scheduler = None
+        if self._loader is not None:
+            self._loader.close()
         if self.tracking is not None:
             self.tracking.finish()
         if self._bar is not None:
@@ -336,10 +339,16 @@ class Trainer:
         return sums, all_finite
 
     def fetch_batch(self, step: int, micro: int) -> PairBatch:
-        """The pairs of one micro-step of one process: its own slice of the sampler's sequence."""
-        position = ((step * self.cfg.grad_accum + micro) * self.world + self.rank) * self.cfg.batch_size
-        x0_w, x0_l, prompts, negatives = self.dataset.batch(self.sampler.take(position, self.cfg.batch_size))
-        return PairBatch(x0_w, x0_l, prompts, negatives)
+        """The pairs of one micro-step of one process: its own slice of the sampler's sequence,
+        read ahead by the loader's workers (``train.loader_workers``) in that same order."""
+        if self._loader is None:
+            from prefopt.data.loader import BatchLoader
+
+            self._loader = BatchLoader(self.dataset, self.sampler, batch_size=self.cfg.batch_size,
+                                       grad_accum=self.cfg.grad_accum, rank=self.rank, world=self.world,
+                                       start=step, max_steps=self.cfg.max_steps, workers=self.cfg.loader_workers,
+                                       prefetch=self.cfg.loader_prefetch)
+        return PairBatch(*self._loader.batch(step, micro))
 
     def reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
         """The mean over all processes (what objectives use for batch statistics such as KTO's KL)."""
