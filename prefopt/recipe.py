@@ -210,7 +210,7 @@ RESERVED_NAMES = {"results.csv", "results.json", "report.md", "comparison.png"}
 
 class Recipe(Strict):
     seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="in [0, 2^32)")
-    output_dir: str = "runs/default"
+    output_dir: str = Field("runs/default", pattern=r"\S", description="the run directory (prefopt's alone)")
     backbone: Component
     pretrain: PretrainConfig | None = None
     pairs: PairsConfig

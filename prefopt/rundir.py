@@ -113,6 +113,8 @@ def prepare_run_dir(run_dir: Path, resolved, resume: bool, overwrite: bool, stat
     if leftover and not (overwrite or never_trained):  # never delete what a user put there without being asked
         raise PrefoptError(f"output_dir {run_dir} is not empty (it holds {leftover[0]!r}); "
                            "pass --overwrite to clear it or choose another output_dir")
+    if leftover and overwrite:
+        refuse_to_clear(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -138,6 +140,15 @@ def prepare_run_dir(run_dir: Path, resolved, resume: bool, overwrite: bool, stat
             write_atomic(resolved_path, resolved.to_yaml().encode())
     if state is not None:
         state.wait_for_everyone()
+
+
+def refuse_to_clear(run_dir: Path) -> None:
+    """--overwrite clears a run directory, never the file system's root, a home or the working directory."""
+    target = run_dir.resolve()
+    precious = {Path("/"), Path.home().resolve(), Path.cwd().resolve()}
+    if target in precious or Path.cwd().resolve().is_relative_to(target):
+        raise PrefoptError(f"--overwrite would clear {run_dir} ({target}), which holds the working directory, "
+                           "a home directory or the root; give the run a directory of its own as output_dir")
 
 
 def save_final(backbone, run_dir: Path, accelerator) -> Path:

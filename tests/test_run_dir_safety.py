@@ -541,3 +541,21 @@ def test_a_users_pair_dataset_is_held_while_it_is_built(tmp_path):
         stop(holder)
     code, err = cli("run", recipe)  # the run's failure came before training: the directory is reusable
     assert code == 0, err
+
+
+@pytest.mark.parametrize("which", ["cwd", "parent-of-cwd"])
+def test_overwrite_never_clears_the_working_directory(tmp_path, monkeypatch, which):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(work)
+    output_dir = work if which == "cwd" else tmp_path
+    recipe = write_toy_recipe(tmp_path / "recipes", output_dir, **FAST)
+    one_error(*cli("run", recipe, "--overwrite"), "--overwrite would clear", "working directory")
+    assert (work / "notes.txt").read_text() == "keep me"
+
+
+def test_an_empty_output_dir_is_refused(tmp_path):
+    recipe = write_toy_recipe(tmp_path, **FAST)
+    one_error(*cli("validate", recipe, "output_dir="), "output_dir")
+    one_error(*cli("validate", recipe, "output_dir=' '"), "output_dir")
