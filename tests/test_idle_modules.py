@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from tiny_models import NEGATIVES, PROMPTS, load_backbone, objective, pair_batch, probe
+from tiny_models import PROMPTS, load_backbone, objective, pair_batch, probe
 
 from prefopt.engine.step import FusedStep
 from prefopt.interfaces import REFERENCE, STUDENT
@@ -94,4 +94,3 @@ def test_lora_reference_goes_through_the_wrapper(tiny_sd):
     assert wrapper.calls == 1
     probe(backbone, STUDENT)
     assert wrapper.calls == 2
-    assert NEGATIVES  # the shared prompts exist for the step above

@@ -68,7 +68,8 @@ def test_two_processes_log_the_one_process_lr_at_every_step(tmp_path, one_proces
     runs.write_text(RUNS)
     done = subprocess.run(two_process_launch(str(runs), *map(str, recipes.values())), env=ENV,
                           capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert done.returncode == 0, "\n".join(errors) + done.stderr[-3000:]
     for name in SCHEDULES:
         one = [(r["step"], r["lr"]) for r in metric_rows(one_process[name])]
         two = [(r["step"], r["lr"]) for r in metric_rows(tmp_path / name)]
