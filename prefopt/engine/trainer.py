@@ -169,6 +169,10 @@ class Trainer:
                                "(prefopt.pipeline.make_accelerator)")
         scheduler = make_scheduler(cfg, optimizer)
         self._configure_deepspeed()
+        if cfg.validate_every and self.sharded():
+            # Validation samples on the main process alone; a sharded forward needs every process.
+            raise PrefoptError("train.validate_every cannot sample a sharded student (FSDP, DeepSpeed ZeRO-3): "
+                               "set it to 0 and evaluate final/ after the run")
         self.module, self.optimizer, self.scheduler = accelerator.prepare(
             self.backbone.trainable_module(), optimizer, scheduler)
         self.backbone.set_trainable_module(self.module)
@@ -272,19 +276,23 @@ class Trainer:
         self.gather_sharded_student()
         return TrainResult(skipped_steps=self.skipped)
 
-    def gather_sharded_student(self) -> None:
-        """Under FSDP or DeepSpeed ZeRO-3 each process holds a shard of the student: gather its
-        full weights (a collective: every process calls this) into a plain module on the main
-        process, which saves final/ and evaluates."""
+    def sharded(self) -> bool:
+        """Whether each process holds only a shard of the student's weights (FSDP, DeepSpeed ZeRO-3)."""
         from accelerate.utils import DistributedType
 
         accelerator = self.accelerator
-        zero3 = (accelerator.distributed_type == DistributedType.DEEPSPEED
-                 and accelerator.state.deepspeed_plugin.zero_stage == 3)
-        if not (accelerator.distributed_type == DistributedType.FSDP or zero3):
+        if accelerator.distributed_type == DistributedType.FSDP:
+            return True
+        return (accelerator.distributed_type == DistributedType.DEEPSPEED
+                and accelerator.state.deepspeed_plugin.zero_stage == 3)
+
+    def gather_sharded_student(self) -> None:
+        """Under FSDP or DeepSpeed ZeRO-3 gather the student's full weights (a collective: every
+        process calls this) into a plain module on the main process, which saves final/ and evaluates."""
+        if not self.sharded():
             return
-        state = accelerator.get_state_dict(self.module)  # whole on the main process
-        if accelerator.is_main_process:
+        state = self.accelerator.get_state_dict(self.module)  # whole on the main process
+        if self.accelerator.is_main_process:
             self.backbone.adopt_student_state(state)
 
     def train_step(self, step: int) -> StepResult:
