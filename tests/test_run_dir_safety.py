@@ -435,6 +435,16 @@ def test_other_os_errors_on_writers_are_one_line(tmp_path, monkeypatch, target, 
     one_error(*cli("run", recipe), target, os.strerror(code))
 
 
+@pytest.mark.slow  # the whole matrix; the default run has one error kind per writer above
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EIO, errno.EROFS])
+@pytest.mark.parametrize("at", ["open", "write"])
+@pytest.mark.parametrize("target, command, named", WRITERS, ids=[w[0] for w in WRITERS])
+def test_every_os_error_on_every_writer_is_one_line(tmp_path, monkeypatch, target, command, named, at, code):
+    recipe = write_toy_recipe(tmp_path, **FAST, eval=EVAL)
+    FailingWrites(monkeypatch, target, code, at=at)
+    one_error(*cli(command, recipe), named, os.strerror(code))
+
+
 def test_a_full_disk_while_saving_weights_is_one_line(tmp_path, monkeypatch):
     """torch and safetensors report a full disk as RuntimeError: still one line, naming what was being written."""
     import accelerate
