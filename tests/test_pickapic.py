@@ -93,3 +93,17 @@ def test_missing_columns_and_bad_labels_are_data_errors(tmp_path):
         list(source(path).pairs(None, seed=0))
     with pytest.raises(DataError, match="not found"):
         list(source(tmp_path / "nope.parquet").pairs(None, seed=0))
+
+
+def test_rows_stream_without_holding_the_file(tmp_path):
+    """Arrow holds about one record batch of images at a time, not the file (pyarrow's pre-buffering would)."""
+    rng = __import__("random").Random(0)
+    path = tmp_path / "train-00000-of-00001.parquet"
+    with pq.ParquetWriter(path, pa.schema([("jpg_0", pa.binary()), ("jpg_1", pa.binary()),
+                                          ("label_0", pa.float64()), ("caption", pa.string())])) as writer:
+        for group in range(64):  # 1024 rows, 16 KiB of incompressible image bytes each: 16 MiB
+            writer.write_table(pa.table({"jpg_0": [rng.randbytes(8 << 10) for _ in range(16)],
+                                         "jpg_1": [rng.randbytes(8 << 10) for _ in range(16)],
+                                         "label_0": [1.0] * 16, "caption": [f"c{group}"] * 16}))
+    allocated = max(pa.total_allocated_bytes() for _ in source(path).pairs(None, seed=0))
+    assert allocated < path.stat().st_size / 2, (allocated, path.stat().st_size)

@@ -50,7 +50,9 @@ def _parquet_rows(path: Path, split: str) -> Iterator[dict[str, Any]]:
     if not files:
         raise DataError(f"no parquet files under {path}")
     for file in files:
-        reader = pq.ParquetFile(file)
+        # pre_buffer off: the pre-buffered ranges stay cached for the reader's lifetime, so memory
+        # would grow with the file (every image read so far), not with one record batch.
+        reader = pq.ParquetFile(file, pre_buffer=False)
         _check_columns(reader.schema_arrow.names, file)
         for batch in reader.iter_batches(columns=list(COLUMNS), batch_size=256):
             yield from batch.to_pylist()
