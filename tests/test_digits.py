@@ -158,3 +158,22 @@ def test_scorer_rejects_scenes_composed_for_another_prompt_of_the_same_tag():
     scenes = [world.compose(world.scene_for(other, rng), rng) for other in others]
     accepted = _judged(rows, scenes)
     assert 1 - sum(accepted) / len(accepted) >= 0.98
+
+
+# ---------------------------------------------------------------- the shipped reference
+
+REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "digits" / "reference"
+
+
+def test_shipped_reference_is_a_small_pixel_space_pipeline_the_sd_backbone_loads():
+    from tiny_models import cpu_runtime
+
+    from prefopt_backbones.sd import SDBackbone
+
+    weights = list(REFERENCE.rglob("*.safetensors"))
+    assert weights and sum(w.stat().st_size for w in weights) <= 20 * 2**20
+    backbone = SDBackbone(SDBackbone.Config(pretrained=str(REFERENCE), vae=False, num_inference_steps=2))
+    backbone.load(cpu_runtime(train=False))
+    assert backbone.identity() == {"family": "sd", "data_space": "pixel", "data_shape": [3, 16, 16]}
+    images = backbone.decode(backbone.sample(["a photo of a red 4", "a photo of two 7s"], [0, 1]))
+    assert [image.size for image in images] == [(16, 16), (16, 16)]
