@@ -37,8 +37,8 @@ class DigitsGenEval(GenEval):
     name = "digits_geneval"
 
     class Config(PluginConfig):
-        metadata: str = Field(str(PROMPT_SETS / "eval.jsonl"),
-                              description="prompt set in GenEval's metadata layout (default: the shipped eval set)")
+        metadata: str | None = Field(None, min_length=1, description="prompt set in GenEval's metadata layout "
+                                                                     "(null: the 81 evaluation prompts shipped)")
         prefix: str = Field("geneval", pattern=r"^[A-Za-z0-9_.-]+$", description="metric and file prefix")
         images_per_prompt: int = Field(4, ge=1, description="images per prompt (GenEval: 4)")
         seed: int = Field(42, description="sampling seed; the same for every method compared")
@@ -47,6 +47,11 @@ class DigitsGenEval(GenEval):
         prompts_per_tag: int | None = Field(None, ge=1, description="score only the first N prompts of each tag")
         batch_size: int = Field(64, ge=1, description="images per sampling call and per detector call")
         compare_reference: bool = Field(True, description="also score the reference and report the win rate")
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        if self.config.metadata is None:
+            self.config = self.config.model_copy(update={"metadata": str(PROMPT_SETS / "eval.jsonl")})
 
     def local_files(self) -> list[str]:
         return [self.config.metadata]
