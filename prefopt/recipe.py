@@ -80,6 +80,17 @@ class TrainConfig(Strict):
     allow_tf32: bool = Field(
         True, description="TF32 tensor cores for float32 matmuls and convolutions (CUDA Ampere and newer; no effect elsewhere)"
     )
+    compile: bool = Field(
+        False, description="torch.compile the denoiser's repeated blocks (transformer blocks, UNet ResNet blocks) "
+        "in place: regional compilation, so compile time stays small (docs/performance.md)"
+    )
+    optimizer_impl: Literal["auto", "foreach", "fused", "for-loop"] = Field(
+        "auto", description="AdamW's kernels: auto (torch's choice: foreach on accelerators), foreach, fused "
+        "(one kernel for all parameters), for-loop (per parameter)"
+    )
+    channels_last: bool = Field(
+        False, description="UNet weights and activations in channels-last memory format (docs/performance.md)"
+    )
     loader_workers: int = Field(
         2, ge=0, description="DataLoader worker processes reading pairs ahead of the step (0: read in the loop)"
     )

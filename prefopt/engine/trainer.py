@@ -88,7 +88,10 @@ class EpochSampler:
 
 def make_optimizer(cfg: TrainConfig, params, lr: float):
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        from prefopt.engine.speed import optimizer_kernel_options
+
+        return torch.optim.AdamW(params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
+                                 **optimizer_kernel_options(cfg.optimizer_impl))
     if cfg.optimizer == "adamw8bit":
         bnb = require("bitsandbytes", "optim")
         return bnb.optim.AdamW8bit(params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
@@ -153,6 +156,7 @@ class Trainer:
     def setup(self, resume_from: Path | None = None) -> None:
         cfg, accelerator = self.cfg, self.accelerator
         lr = cfg.effective_lr(self.world)
+        self._speed_settings()
         self.params = list(self.backbone.trainable_parameters())
         if not self.params:
             raise PrefoptError("the backbone has no trainable parameters (check backbone.finetune)")
@@ -208,6 +212,17 @@ class Trainer:
 
         self.tracking = start_tracking(self, self.validator)
         self._install_signal_handlers()
+
+    def _speed_settings(self) -> None:
+        """train.channels_last and train.compile on the trained denoiser (in place: names and
+        checkpoints unchanged; a LoRA reference is the same module, so it runs compiled too)."""
+        from prefopt.engine.speed import compile_repeated_blocks, to_channels_last
+
+        module = self.backbone.trainable_module()
+        if self.cfg.channels_last:
+            to_channels_last(module)
+        if self.cfg.compile and not compile_repeated_blocks(module):
+            log.warning("train.compile: the denoiser has no block prefopt knows to compile regionally")
 
     def _configure_deepspeed(self) -> None:
         """DeepSpeed takes the micro-batch and clipping from its config: fill its "auto" values from the recipe.
