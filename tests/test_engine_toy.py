@@ -84,7 +84,9 @@ def test_loss_is_ln2_at_initialisation(registry, name):
     # Student (2B rows) and reference (3B rows) run one model at different batch sizes, so
     # CPU kernels may differ by ~1e-8 per output; β = 16000 scales that to ~1e-6 in the loss.
     assert out.loss.item() == pytest.approx(math.log(2), abs=1e-5)
-    assert out.metrics["pref/accuracy"] == pytest.approx(0.5)
+    # The margin is ~0; whether each ~1e-9 Δ rounds to a tie (accuracy ½) is left to the
+    # kernels, so tie counting is checked on exact zeros in test_losses.
+    assert abs(out.metrics["pref/margin"]) < 1e-5
 
 
 @pytest.mark.parametrize("name", ["ddspo", "diffusion_dpo", "diffusion_kto", "denoise"])
