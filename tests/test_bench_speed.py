@@ -35,9 +35,10 @@ def _compiled_matches_eager(tiny_sd, backend):
     compiled_loss, compiled_grads = _loss_and_grads(backbone)
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-4, atol=1e-6)
     for compiled, eager in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow  # one trace per block shape and grad mode: ~20 traces, minutes on a loaded 2-core machine
 def test_compiled_blocks_give_the_same_loss_and_gradients(tiny_sd):
     """Traced by dynamo and AOT autograd (the graphs train.compile runs), without kernel generation."""
     _compiled_matches_eager(tiny_sd, "aot_eager")
@@ -57,7 +58,7 @@ def test_channels_last_gives_the_same_loss(tiny_sd):
     loss_cl, grads_cl = _loss_and_grads(backbone)
     torch.testing.assert_close(loss_cl, loss, rtol=1e-4, atol=1e-6)
     for a, b in zip(grads_cl, grads):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["foreach", "fused", "for-loop"])
