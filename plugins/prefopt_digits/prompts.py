@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -123,17 +124,14 @@ def meaning(record: dict) -> frozenset:
 
 
 def random_entry(tag: str, rng: np.random.Generator) -> dict:
-    entries = _cached_entries(tag)
+    """One entry of a tag, uniformly over the whole grammar (do not modify it: it is shared)."""
+    entries = _entries_of(tag)
     return entries[int(rng.integers(len(entries)))]
 
 
-_ENTRIES: dict[str, list[dict]] = {}
-
-
-def _cached_entries(tag: str) -> list[dict]:
-    if tag not in _ENTRIES:
-        _ENTRIES[tag] = all_entries(tag)
-    return _ENTRIES[tag]
+@lru_cache(maxsize=None)
+def _entries_of(tag: str) -> tuple[dict, ...]:
+    return tuple(all_entries(tag))
 
 
 # ---------------------------------------------------------------- imperfect captions
