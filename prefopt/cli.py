@@ -51,7 +51,10 @@ def _load(recipe: Path, overrides: Optional[List[str]]):
 @app.command()
 def validate(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg) -> None:
     """Check a recipe against every plugin's Config, without importing torch."""
+    from prefopt.requirements import check_requirements
+
     registry, resolved = _load(recipe, overrides)
+    check_requirements(resolved, registry)
     if resolved.recipe.compare is not None:
         from prefopt.compare import resolve_variants
 
@@ -77,6 +80,9 @@ def run(
         raise PrefoptError("--checkpoint chooses where --resume starts: pass --resume too")
     registry, resolved = _load(recipe, overrides)
     if dry_run:
+        from prefopt.requirements import check_requirements
+
+        check_requirements(resolved, registry)  # run_recipe checks the same before it creates anything
         print_plan(resolved, registry)
         return
     run_recipe(resolved, registry, resume=checkpoint if resume else None, overwrite=overwrite)
@@ -97,15 +103,18 @@ def compare(
 
 @app.command()
 def plugins() -> None:
-    """List every registered plugin by kind, with its config fields and defaults."""
+    """List every registered plugin by kind: its distribution, what it does, its config fields and defaults."""
     from prefopt.interfaces import KINDS
     from prefopt.reference_doc import describe_fields
+    from prefopt.registry import describe
 
     registry = _registry()
     for kind in KINDS:
         typer.echo(f"{kind}s:")
         for name, cls in registry.all(kind).items():
-            typer.echo(f"  {name}  ({cls.__module__})")
+            typer.echo(f"  {name}  ({cls.__module__}, from {registry.distribution(kind, name)})")
+            if describe(cls):
+                typer.echo(f"      {describe(cls)}")
             for line in describe_fields(cls.Config):
                 typer.echo(f"      {line}")
 
@@ -192,6 +201,25 @@ def pairs_build(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Overr
 
     registry, resolved = _load(recipe, overrides)
     build_pairs_for(resolved, registry)
+
+
+@pairs_app.command("preview")
+def pairs_preview(
+    recipe: Path = RecipeArg,
+    overrides: Optional[List[str]] = OverridesArg,
+    count: int = typer.Option(8, min=1, help="rows to print"),
+    pretrain: bool = typer.Option(False, "--pretrain", help="the pretraining stage's pair source instead"),
+) -> None:
+    """Print the first (c, c-) rows the recipe's pair source makes, without loading any model."""
+    from prefopt.preview import format_rows, preview_rows
+    from prefopt.requirements import check_requirements
+
+    registry, resolved = _load(recipe, overrides)
+    if pretrain and resolved.recipe.pretrain is None:
+        raise PrefoptError(f"{recipe} has no pretrain stage")
+    check_requirements(resolved, registry)
+    for line in format_rows(preview_rows(resolved, registry, count, pretrain=pretrain)):
+        typer.echo(line)
 
 
 @pairs_app.command("show")

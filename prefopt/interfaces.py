@@ -76,6 +76,10 @@ class ObjectiveInputs:
     ``reduce_mean`` averages a tensor across processes (identity on one).
     ``swapped`` marks the pairs whose prompts the objective's ``prompt_rewrite``
     replaced by an unpaired extra prompt this step (None: no rewrite).
+    ``num_train_timesteps`` (T) and ``prediction_type`` ("epsilon",
+    "v_prediction" or "flow") describe the backbone's forward process, for
+    losses that scale by T (Diffusion-DPO's and MaPO's published forms); None
+    when the backbone does not say.
     """
 
     predictions: dict[Prediction, "torch.Tensor"]
@@ -84,6 +88,8 @@ class ObjectiveInputs:
     weight: "torch.Tensor"
     reduce_mean: Callable[["torch.Tensor"], "torch.Tensor"] = lambda x: x
     swapped: "torch.Tensor | None" = None
+    num_train_timesteps: int | None = None
+    prediction_type: str | None = None
 
 
 @dataclass
@@ -165,8 +171,19 @@ class PromptPair:
     loser_from: int | None = None
 
 
+PairSourceNeed = Literal["prompts", "sampling", "images"]
+
+
 class PairSource(Plugin):
+    """Makes preference rows. ``needs`` says what the recipe must supply, checked before anything loads:
+
+    * ``"prompts"``: ``pairs.prompts`` is set (the source is called with the prompt list);
+    * ``"sampling"``: the backbone can sample images (the rows leave winner/loser to be drawn);
+    * ``"images"``: the backbone trains on images (the rows carry image files as winner/loser).
+    """
+
     kind: ClassVar[str] = "pair_source"
+    needs: ClassVar[frozenset[PairSourceNeed]] = frozenset()
 
     def pairs(self, prompts: Sequence[str] | None, seed: int) -> Iterable[PromptPair]:
         """Preference rows for these prompts (None for sources that make their own).
@@ -189,7 +206,6 @@ class Runtime:
 
     device: "torch.device"
     dtype: "torch.dtype"
-    accelerator: Any = None
     train: bool = True  # False: load for sampling only (no student copy, no adapters)
 
 
@@ -204,6 +220,8 @@ class Backbone(Plugin):
     """
 
     kind: ClassVar[str] = "backbone"
+    data_space: ClassVar[str] = "images"
+    """What x0 is: "images" (pixels or latents of images) or another space (the toy's "points")."""
 
     def load(self, runtime: Runtime, policies: dict[str, str] | None = None) -> None:
         raise NotImplementedError
@@ -257,6 +275,18 @@ class Backbone(Plugin):
     def regression_target(self, x0, noise, t) -> "torch.Tensor":
         raise NotImplementedError
 
+    def num_train_timesteps(self) -> int | None:
+        """T of the forward process once loaded (objectives see it in ObjectiveInputs); None: not defined."""
+        return None
+
+    def prediction_type(self) -> str | None:
+        """What ``predict`` returns: "epsilon", "v_prediction" or "flow" (velocity); None: not said."""
+        return None
+
+    def can_sample(self) -> bool:
+        """Whether ``sample`` is implemented, so pair sources that leave images to be drawn can use it."""
+        return type(self).sample is not Backbone.sample
+
     def loss_weight(self, t: "torch.Tensor") -> "torch.Tensor":
         import torch
 
@@ -293,6 +323,10 @@ class Backbone(Plugin):
 
 class Evaluator(Plugin):
     kind: ClassVar[str] = "evaluator"
+
+    def check(self) -> None:
+        """Called before training (and by ``validate``): raise a PrefoptError for a file it needs that is
+        missing or malformed, so the run fails before any step. Must not import torch."""
 
     def evaluate(self, backbone: Backbone, run_dir: str, seed: int) -> dict[str, float]:
         raise NotImplementedError

@@ -121,7 +121,7 @@ def runtime_for(accelerator, train: bool = True):
     from prefopt.interfaces import Runtime
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    return Runtime(device=accelerator.device, dtype=dtype, accelerator=accelerator, train=train)
+    return Runtime(device=accelerator.device, dtype=dtype, train=train)
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -298,6 +298,9 @@ def run_recipe(resolved: ResolvedRecipe, registry: PluginRegistry, resume: str |
     from prefopt.locking import hold
 
     check_gpu_options(resolved.recipe)
+    from prefopt.requirements import check_requirements
+
+    check_requirements(resolved, registry, evaluators=True)  # before the run directory exists: a refused recipe leaves nothing
     from prefopt.engine.tracking import check_installed
 
     check_installed(resolved.recipe.train.report_to)  # a missing tracker package fails now, not after pair building

@@ -17,6 +17,7 @@ from typing import Iterable
 import pluggy
 
 from prefopt import hookspecs
+from prefopt.api import API_ATTRIBUTE, API_VERSION, SUPPORTED_API_VERSIONS
 from prefopt.errors import PluginError, RecipeError
 from prefopt.interfaces import KINDS, Plugin
 
@@ -37,13 +38,34 @@ def _distribution_name(entry_point: metadata.EntryPoint) -> str:
     return dist.metadata["Name"] if dist is not None else "?"
 
 
+def check_api_version(module: ModuleType, origin: str) -> None:
+    """Refuse a hook module whose ``PREFOPT_API`` names a plugin API this prefopt does not provide.
+
+    A module that declares nothing is taken to target version 1 (the API before versions were declared).
+    """
+    declared = getattr(module, API_ATTRIBUTE, 1)
+    if isinstance(declared, bool) or declared not in SUPPORTED_API_VERSIONS:
+        supported = ", ".join(str(v) for v in sorted(SUPPORTED_API_VERSIONS))
+        raise PluginError(
+            f"plugin {origin} targets prefopt plugin API {declared!r}, but this prefopt provides "
+            f"API {supported} (prefopt.api.API_VERSION = {API_VERSION}): install a version of the plugin "
+            f"written for it, or set {DISABLE_AUTOLOAD_ENV}=1 to skip third-party plugins"
+        )
+
+
+def describe(cls: type) -> str:
+    """The first line of a plugin class's docstring: its one-line description."""
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
+
+
 class PluginRegistry:
     """All plugins of one run, by kind and name."""
 
     def __init__(self, modules: Iterable[ModuleType] = (), autoload: bool = True):
         self.manager = pluggy.PluginManager(hookspecs.PROJECT)
         self.manager.add_hookspecs(hookspecs)
-        self._origin: dict[str, str] = {}
+        self._distribution: dict[str, str] = {}  # hook module's registered name -> distribution
         if autoload:
             self._load_entry_points()
         for module in modules:
@@ -63,13 +85,14 @@ class PluginRegistry:
                     f"plugin {entry_point.name!r} from {distribution} ({entry_point.value}) "
                     f"failed to import: {type(exc).__name__}: {exc}"
                 ) from exc
-            self.register_module(module, origin=f"{distribution}:{entry_point.value}")
+            self.register_module(module, origin=f"{distribution}:{entry_point.value}", distribution=distribution)
 
-    def register_module(self, module: ModuleType, origin: str) -> None:
+    def register_module(self, module: ModuleType, origin: str, distribution: str | None = None) -> None:
         if self.manager.is_registered(module):
             return
+        check_api_version(module, origin)
         self.manager.register(module, name=origin)
-        self._origin[origin] = origin
+        self._distribution[origin] = distribution or origin
 
     def _collect(self) -> dict[str, dict[str, type[Plugin]]]:
         by_kind: dict[str, dict[str, type[Plugin]]] = {kind: {} for kind in KINDS}
@@ -79,7 +102,13 @@ class PluginRegistry:
             for impl in hook.get_hookimpls():
                 for cls in impl.function() or []:
                     self._add(by_kind[kind], origins, kind, cls, impl.plugin_name)
+        self._origins = origins
         return by_kind
+
+    def distribution(self, kind: str, name: str) -> str:
+        """The installed distribution (pip name) that provides a plugin."""
+        origin = self._origins[kind, name]
+        return self._distribution.get(origin, origin)
 
     @staticmethod
     def _add(table: dict, origins: dict, kind: str, cls: type[Plugin], origin: str) -> None:

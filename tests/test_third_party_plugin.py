@@ -10,6 +10,7 @@ never touched.
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -50,11 +51,56 @@ def _one_error_line(code: int, err: str) -> str:
 def test_plugins_lists_it_with_its_config(site):
     code, out, err, heavy = run_cli(["plugins"], site)
     assert code == 0, err
-    assert "diffusion_cpo  (prefopt_example_plugin.cpo)" in out
+    assert "diffusion_cpo  (prefopt_example_plugin.cpo, from prefopt-example-plugin)" in out
+    # The one-line description is the class docstring's first line.
+    assert "Reference-free CPO: −log σ(−β/2 · (err^w − err^l)) + λ · err^w, no reference model." in out
+    assert "ddspo  (prefopt_objectives.ddspo, from prefopt)" in out
     assert "beta: float = 5000.0" in out
     assert "sft_weight: float = 1.0  # λ: weight of the denoising (SFT) term on the winner" in out
     assert "ddspo" in out  # first-party plugins beside it
     assert heavy == []  # the plugin keeps torch out of its module top, as required
+
+
+def _prefopt_imports(path: Path) -> set[str]:
+    """Every prefopt module a Python file imports (at any depth, including inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    # prefopt itself and the first-party plugin packages; the plugin's own package is its business.
+    return {name for name in names if name.split(".")[0] == "prefopt"
+            or (name.startswith("prefopt_") and not name.startswith("prefopt_example_plugin"))}
+
+
+def test_the_example_plugin_imports_only_the_public_api(tmp_path):
+    files = sorted(EXAMPLE_PLUGIN.rglob("*.py"))
+    assert len(files) >= 4  # package, hook module, objective, its tests
+    for path in files:
+        outside = _prefopt_imports(path) - {"prefopt.api"}
+        assert not outside, f"{path.relative_to(EXAMPLE_PLUGIN)} imports {sorted(outside)}: only prefopt.api is public"
+    # The check sees a private import, however it is written.
+    probe = tmp_path / "probe.py"
+    probe.write_text("import prefopt.recipe\ndef f():\n    from prefopt.engine.step import FusedStep\n"
+                     "from prefopt_pairs.common import row_seed\n")
+    assert _prefopt_imports(probe) == {"prefopt.recipe", "prefopt.engine.step", "prefopt_pairs.common"}
+
+
+def test_a_plugin_for_another_api_version_is_refused(site, tmp_path):
+    future = install_source(
+        tmp_path / "future", "prefopt-future-plugin",
+        {
+            "prefopt_future_plugin/__init__.py": "",
+            "prefopt_future_plugin/plugin.py": "PREFOPT_API = 2\n",
+        },
+        {"future": "prefopt_future_plugin.plugin"},
+    )
+    for command in (["plugins"], ["validate", str(EXAMPLE_PLUGIN / "recipes" / "toy2d_cpo.yaml")]):
+        code, _, err, _ = run_cli(command, site, future)
+        line = _one_error_line(code, err)
+        assert "prefopt-future-plugin:prefopt_future_plugin.plugin targets prefopt plugin API 2" in line
+        assert "provides API 1" in line
 
 
 def test_a_recipe_using_it_validates(site):

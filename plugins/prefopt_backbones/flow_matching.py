@@ -106,6 +106,12 @@ class FlowMatchingBackbone(DiffusersBackbone):
         self._num_train_timesteps = model.num_train_timesteps
         self._mu = self._dynamic_mu(model) if cfg.dynamic_shift else None
 
+    def num_train_timesteps(self) -> int:
+        return self._num_train_timesteps
+
+    def prediction_type(self) -> str:
+        return "flow"  # the velocity noise − x0 of rectified flow
+
     def _dynamic_mu(self, model) -> float:
         """μ of the exponential time shift for this resolution, as the pipelines compute it."""
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift

@@ -72,6 +72,12 @@ class SDBackbone(DiffusersBackbone):
             raise PrefoptError(f"backbone {self.name!r} trains epsilon or v_prediction models, not {kind!r}")
         self._num_train_timesteps = self._noise.config.num_train_timesteps
 
+    def num_train_timesteps(self) -> int:
+        return self._num_train_timesteps
+
+    def prediction_type(self) -> str:
+        return self._noise.config.prediction_type
+
     def _pipeline(self, denoiser, scheduler_class: str | None = None):
         pipeline = super()._pipeline(denoiser, scheduler_class)
         if self._pixel_space():

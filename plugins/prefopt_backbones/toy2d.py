@@ -20,6 +20,7 @@ class Toy2DBackbone(Backbone):
     """Conditional MLP denoiser over 2D points with a diffusers DDPM scheduler."""
 
     name = "toy2d"
+    data_space = "points"
 
     class Config(PluginConfig):
         pretrained: str | None = Field(
@@ -112,6 +113,12 @@ class Toy2DBackbone(Backbone):
         import torch
 
         return torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=generator)
+
+    def num_train_timesteps(self) -> int:
+        return self.scheduler.config.num_train_timesteps
+
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
 
     def t_fraction(self, t):
         # DDPM timesteps run 0 .. T-1, so t/(T-1) spans [0, 1] (as the `sd` backbone does).

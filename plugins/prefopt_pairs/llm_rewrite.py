@@ -163,6 +163,7 @@ class LLMRewrite(PairSource):
     """
 
     name: ClassVar[str] = "llm_rewrite"
+    needs = frozenset({"prompts", "sampling"})
 
     class Config(PluginConfig):
         """Which LLM rewrites the prompts, with which template and sampling settings."""

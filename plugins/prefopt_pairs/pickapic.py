@@ -97,6 +97,7 @@ class PickAPic(PairSource):
     """
 
     name: ClassVar[str] = "pickapic"
+    needs = frozenset({"images"})
 
     class Config(PluginConfig):
         """Where the labelled pairs are and which of them to use."""

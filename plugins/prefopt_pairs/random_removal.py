@@ -79,6 +79,7 @@ class RandomRemoval(PairSource):
     """
 
     name: ClassVar[str] = "random_removal"
+    needs = frozenset({"prompts", "sampling"})
 
     class Config(PluginConfig):
         """How many words random removal drops, and how many variants it makes."""

@@ -45,6 +45,7 @@ class Toy2DNeighbours(PairSource):
     """N pairs per condition: winner from c, loser from a neighbouring condition c-."""
 
     name = "toy2d_neighbours"
+    needs = frozenset({"sampling"})
 
     class Config(PluginConfig):
         num_conditions: int = Field(8, ge=2)

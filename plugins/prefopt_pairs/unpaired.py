@@ -40,6 +40,7 @@ class RandPositive(PairSource):
     """
 
     name: ClassVar[str] = "rand_positive"
+    needs = frozenset({"prompts", "sampling"})
 
     class Config(PluginConfig):
         """Nothing to set: the pairing is fixed by the seed."""
@@ -64,6 +65,7 @@ class NotPaired(PairSource):
     """
 
     name: ClassVar[str] = "not_paired"
+    needs = frozenset({"prompts", "sampling"})
 
     class Config(PluginConfig):
         """The perturbation that turns c into c-."""

@@ -95,6 +95,8 @@ class FusedStep:
             weight=backbone.loss_weight(t),
             reduce_mean=reduce_mean,
             swapped=swapped,
+            num_train_timesteps=backbone.num_train_timesteps(),
+            prediction_type=backbone.prediction_type(),
         )
         return self.objective.loss(inputs)
 
