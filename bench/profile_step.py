@@ -34,7 +34,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backbone = SDBackbone(SDBackbone.Config(pretrained=str(args.pipeline), resolution=16,
                                             finetune={"mode": args.mode}))
-    backbone.load(Runtime(device=device, dtype=torch.float32, accelerator=None, train=True))
+    backbone.load(Runtime(device=device, dtype=torch.float32, train=True))
     backbone.set_trainable_module(backbone.trainable_module())
     objective = PluginRegistry().get("objective", "ddspo")
     step = FusedStep(backbone, objective(objective.Config()))

@@ -31,7 +31,7 @@ def main() -> None:
     from prefopt_backbones.sd import SDBackbone
 
     backbone = SDBackbone(SDBackbone.Config(pretrained=str(args.pipeline), resolution=16, finetune={"mode": "full"}))
-    backbone.load(Runtime(device=torch.device("cpu"), dtype=torch.float32, accelerator=None, train=True))
+    backbone.load(Runtime(device=torch.device("cpu"), dtype=torch.float32, train=True))
     unet = backbone.trainable_module()
     backbone.set_trainable_module(unet)
     objective = PluginRegistry().get("objective", "ddspo")
