@@ -202,7 +202,8 @@ def run_data_bench(resolved: ResolvedRecipe, registry, *, pairs: int, steps: int
     print(f"{result['shape']}: disk {io['disk_bytes_per_step'] / 2**20:.2f} MiB/step for "
           f"{io['pair_bytes_per_step'] / 2**20:.2f} MiB of pairs "
           f"({io['disk_bytes_per_step'] / io['pair_bytes_per_step']:.2f}x); loader {throughput:.0f} pairs/s; "
-          f"data wait {wait['wait_share'] * 100:.1f}% of {wait['step_s'] * 1000:.0f} ms/step -> {output}")
+          + (f"data wait {wait['wait_share'] * 100:.1f}% of {wait['step_s'] * 1000:.0f} ms/step " if steps else "")
+          + f"-> {output}")
     return result
 
 
@@ -215,7 +216,9 @@ def _append(output: Path, r: dict) -> None:
     row = (f"| {date.today()} | {r['recipe']} | {r['shape']} | {r['pairs']} | {r['batch']} | {r['workers']} | "
            f"{r['disk_bytes_per_step'] / 2**20:.2f} | {r['pair_bytes_per_step'] / 2**20:.2f} | "
            f"{r['disk_bytes_per_step'] / r['pair_bytes_per_step']:.2f}x | {r['loader_pairs_per_s']:.0f} | "
-           f"{r['step_s'] * 1000:.0f} | {r['wait_share'] * 100:.1f}% | {r['machine']} |\n")
+           + (f"{r['step_s'] * 1000:.0f} | {r['wait_share'] * 100:.1f}% | " if r["wait_share"] == r["wait_share"]
+              else "— | — | ")  # --steps 0: no training steps timed
+           + f"{r['machine']} |\n")
     text = output.read_text() if output.exists() else "# Data path benchmarks (`prefopt bench --data`)\n\n"
     if "| data shape |" not in text:
         text += "\n" + header
