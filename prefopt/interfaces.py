@@ -77,7 +77,7 @@ class ObjectiveInputs:
     ``swapped`` marks the pairs whose prompts the objective's ``prompt_rewrite``
     replaced by an unpaired extra prompt this step (None: no rewrite).
     ``num_train_timesteps`` (T) and ``prediction_type`` ("epsilon",
-    "v_prediction" or "flow") describe the backbone's forward process, for
+    "v_prediction", "flow" or "sample") describe the backbone's forward process, for
     losses that scale by T (Diffusion-DPO's and MaPO's published forms); None
     when the backbone does not say.
     """
@@ -280,7 +280,7 @@ class Backbone(Plugin):
         return None
 
     def prediction_type(self) -> str | None:
-        """What ``predict`` returns: "epsilon", "v_prediction" or "flow" (velocity); None: not said."""
+        """What ``predict`` returns: "epsilon", "v_prediction", "flow" (velocity) or "sample" (x0); None: not said."""
         return None
 
     def can_sample(self) -> bool:

@@ -68,6 +68,8 @@ def test_defaults_are_the_official_ddspo_sd3_run(tiny_sd3):
     assert torch.equal(t, FlowMatchEulerDiscreteScheduler(shift=3.0).timesteps[(u * 1000).long()])
     x0, noise = torch.randn(2, *LATENT), torch.randn(2, *LATENT)
     assert torch.equal(backbone.regression_target(x0, noise, t[:2]), x0)
+    assert backbone.prediction_type() == "sample"  # preconditioned: predict returns x0
+    assert load_backbone(SD3Backbone, tiny_sd3, precondition_outputs=False).prediction_type() == "flow"
 
 
 def test_shift_setting_overrides_the_config(tiny_sd3):

@@ -110,7 +110,8 @@ class FlowMatchingBackbone(DiffusersBackbone):
         return self._num_train_timesteps
 
     def prediction_type(self) -> str:
-        return "flow"  # the velocity noise − x0 of rectified flow
+        # The velocity noise − x0 of rectified flow, or x0 itself once preconditioned (diffusers' "sample").
+        return "sample" if self.config.precondition_outputs else "flow"
 
     def _dynamic_mu(self, model) -> float:
         """μ of the exponential time shift for this resolution, as the pipelines compute it."""
