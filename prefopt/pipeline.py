@@ -32,16 +32,13 @@ PRETRAIN_RECORD = "pretrain.json"  # the settings a pretrained reference/ was ma
 def make_accelerator(train: TrainConfig):
     import torch
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
     _require_gpu_options(train, "train")
     from accelerate.utils import parse_flag_from_env
 
     if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         require("deepspeed", "deepspeed")
-    # Stages of one process may ask for different precisions; accelerate keeps
-    # one global state, so start each stage from a clean one.
-    AcceleratorState._reset_state(reset_partial_state=False)
+    _fresh_accelerator_state()
     set_tf32(train.allow_tf32)
     # cpu=True without a GPU: processes started by torchrun / `accelerate launch --multi_gpu`
     # then form one gloo group instead of each running alone as "process 0 of 1".
@@ -52,6 +49,26 @@ def make_accelerator(train: TrainConfig):
                               step_scheduler_with_optimizer=False, gradient_accumulation_steps=train.grad_accum)
     _check_sharding(accelerator)
     return accelerator
+
+
+def _fresh_accelerator_state() -> None:
+    """Clear accelerate's global AcceleratorState so this stage may choose its own precision.
+
+    Stages of one process (pretrain, pair building, training) may ask for different
+    precisions, and accelerate keeps one global state that refuses to change. Only
+    the private ``_reset_state`` clears it (accelerate's own tests use it), so it is
+    looked up, not assumed: were a release to drop it, a first stage still runs and
+    a later one fails here in one line instead of in a traceback inside accelerate.
+    """
+    import accelerate
+    from accelerate.state import AcceleratorState, is_initialized
+
+    reset = getattr(AcceleratorState, "_reset_state", None)
+    if reset is not None:
+        reset(reset_partial_state=False)
+    elif is_initialized():  # only a later stage of the same process needs the reset
+        raise PrefoptError(f"accelerate {accelerate.__version__} has no AcceleratorState._reset_state, which a "
+                           "multi-stage run needs to start each stage fresh; install accelerate>=1.0,<2")
 
 
 def _check_sharding(accelerator) -> None:
