@@ -221,3 +221,27 @@ def test_validation_grid_of_an_image_backbone(tiny_sd, tmp_path):
         assert record["prompts"] == ["a photo of a cat", "a red car"] and record["seeds"] == [5, 6]
         with Image.open(tmp_path / "validation" / name / "grid.png") as grid:
             assert grid.mode == "RGB" and grid.size[1] > grid.size[0] / 2  # two rows of two images
+
+
+@pytest.mark.slow
+def test_mlflow_run_in_the_run_directory_is_continued_on_resume(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train = {"report_to": "mlflow"}
+    run = _run(tmp_path / "first", **train)
+    run_id = json.loads((run / "trackers.json").read_text())["mlflow"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{(run / 'mlflow.db').resolve()}")
+    history = client.get_metric_history(run_id, "pref/accuracy")
+    assert sorted(m.step for m in history) == [row["step"] for row in metric_rows(run)]
+    assert client.get_run(run_id).data.params["objective.beta"] == "2000.0"  # the recipe as the run's config
+
+    (run / FINAL).unlink()
+    code, err = cli("run", write_toy_recipe(tmp_path / "first", run, pretrain=False, train=train), "--resume",
+                    "--checkpoint", "step-00000020")
+    assert code == 0, err
+    assert json.loads((run / "trackers.json").read_text())["mlflow"] == run_id
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert max(steps) == 40 and steps.count(30) == 2  # the same run, steps after the checkpoint logged again

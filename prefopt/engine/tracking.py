@@ -90,10 +90,11 @@ class Tracking:
 
         import mlflow
 
-        store = self.run_dir / "mlruns"
         if "MLFLOW_TRACKING_URI" not in os.environ:  # a user's server wins; else a store in the run directory
-            mlflow.set_tracking_uri(store.resolve().as_uri())
-        return tracking.MLflowTracker(PROJECT, logging_dir=str(store), run_id=run_id, run_name=run_name)
+            # SQLite: MLflow refuses new file stores (./mlruns) since 3.x.
+            mlflow.set_tracking_uri(f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}")
+        artifacts = (self.run_dir / "mlruns").resolve().as_uri()
+        return tracking.MLflowTracker(PROJECT, logging_dir=artifacts, run_id=run_id, run_name=run_name)
 
     @staticmethod
     def _run_id(name: str, tracker) -> str | None:
