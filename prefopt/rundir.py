@@ -80,12 +80,18 @@ def read_resolved(run_dir: Path) -> dict[str, Any]:
     return data
 
 
+WRITE_PROBE = ".write-test-"
+
+
 def contents(run_dir: Path) -> list[str]:
     """The names in ``run_dir`` (its lock files aside), sorted; none for a directory not made yet."""
     with file_errors(run_dir, "list"):
         if not run_dir.is_dir():
             return []
-        return sorted(p.name for p in run_dir.iterdir() if not is_lock_file(p.name))
+        # Every rank of a launch writes and removes its own write probe while the others
+        # look: a probe is never a leftover.
+        return sorted(p.name for p in run_dir.iterdir()
+                      if not is_lock_file(p.name) and not p.name.startswith(WRITE_PROBE))
 
 
 def prepare_run_dir(run_dir: Path, resolved, resume: bool, overwrite: bool, state=None) -> None:
@@ -117,7 +123,7 @@ def prepare_run_dir(run_dir: Path, resolved, resume: bool, overwrite: bool, stat
         refuse_to_clear(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
+        probe = run_dir / f"{WRITE_PROBE}{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
