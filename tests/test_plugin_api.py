@@ -111,15 +111,30 @@ def test_objective_sees_the_backbones_timesteps_and_prediction_type():
 # ------------------------------------------------------------------ up-front checks
 
 
-@pytest.mark.parametrize("command", [["validate"], ["run", "--dry-run"], ["pairs", "preview"], ["run"]])
+NO_PROMPTS = "pairs.source 'random_removal' needs prompts: set pairs.prompts.path"
+
+
+@pytest.mark.parametrize("command", [["validate"], ["run", "--dry-run"], ["pairs", "preview"]])
 def test_a_text_pair_source_without_prompts_is_refused_up_front(tmp_path, command):
     recipe = _recipe(tmp_path, pairs={"source": {"name": "random_removal"}})
     code, _, err, heavy = run_cli([*command, str(recipe)])
-    line = _one_error_line(code, err)
-    assert "pairs.source 'random_removal' needs prompts: set pairs.prompts.path" in line
+    assert NO_PROMPTS in _one_error_line(code, err)
+    assert heavy == [] and not (tmp_path / "run").exists()
+
+
+def _run(recipe: Path, registry: PluginRegistry | None = None):
+    """``prefopt run`` in this process (the CLI turns its PrefoptError into the one line)."""
+    from prefopt.pipeline import run_recipe
+    from prefopt.recipe import load_recipe
+
+    registry = registry or PluginRegistry()
+    return run_recipe(load_recipe(recipe, registry), registry)
+
+
+def test_run_refuses_it_before_the_run_directory_exists(tmp_path):
+    with pytest.raises(api.RecipeError, match=NO_PROMPTS):
+        _run(_recipe(tmp_path, pairs={"source": {"name": "random_removal"}}))
     assert not (tmp_path / "run").exists()
-    if command != ["run"]:  # the checking commands never import torch
-        assert heavy == []
 
 
 def test_an_image_pair_source_on_a_backbone_without_images_is_refused(tmp_path):
@@ -162,9 +177,9 @@ def test_a_sampled_pair_source_on_a_backbone_that_cannot_sample_is_refused(tmp_p
 def test_a_missing_evaluator_file_fails_before_any_step(tmp_path):
     missing = tmp_path / "geneval" / "evaluation_metadata.jsonl"
     recipe = _recipe(tmp_path, eval=[{"name": "geneval", "metadata": str(missing)}])
-    code, _, err, _ = run_cli(["run", str(recipe)])
-    line = _one_error_line(code, err)
-    assert "eval.0 (geneval)" in line and str(missing) in line
+    with pytest.raises(api.PrefoptError) as refused:
+        _run(recipe)
+    assert "eval.0 (geneval)" in str(refused.value) and str(missing) in str(refused.value)
     # Refused before the run directory exists (nothing loaded, no step): once the file
     # is there, a plain `run` starts afresh without --overwrite.
     assert not (tmp_path / "run").exists()
