@@ -25,6 +25,7 @@ from typing import Sequence
 
 from prefopt.errors import DataError, MissingDependencyError, PluginError, PrefoptError, RecipeError, require
 from prefopt.hookspecs import hookimpl
+from prefopt.paths import RECIPE_PATH, RECIPE_PATH_OR_HUB_ID
 from prefopt.interfaces import (
     REFERENCE,
     STUDENT,
@@ -108,8 +109,10 @@ __all__ = [
     "RewrittenPrompts",
     "Runtime",
     "STUDENT",
-    # registration
+    # registration, and Config fields that name files (relative: from the recipe's folder)
     "hookimpl",
+    "RECIPE_PATH",
+    "RECIPE_PATH_OR_HUB_ID",
     # errors: raise a PrefoptError subclass for a one-line `error:` and exit code 2
     "DataError",
     "MissingDependencyError",

@@ -20,6 +20,7 @@ from typing import Any
 
 from prefopt.data.pairset import write_atomic
 from prefopt.errors import PrefoptError, RecipeError, file_errors
+from prefopt.paths import resolve_recipe_paths
 from prefopt.recipe import ResolvedRecipe, resolve
 
 
@@ -56,7 +57,8 @@ def _variant_recipe(resolved: ResolvedRecipe, registry, name: str, overrides: di
     data = merge_variant(base, overrides)
     data["seed"] = seed
     data["output_dir"] = str(variant_dir(root, name, seed))
-    return resolve(data, registry, where=f"{resolved.source} (variant {name})")
+    variant = resolve(data, registry, where=f"{resolved.source} (variant {name})")
+    return resolve_recipe_paths(variant, Path(resolved.source).parent)  # a variant's own paths: the same rule
 
 
 def shared_pairs_dir(resolved: ResolvedRecipe, variant: str, root: Path, seed: int) -> Path | None:

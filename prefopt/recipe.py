@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prefopt.errors import RecipeError
 from prefopt.interfaces import PluginConfig
+from prefopt.paths import RECIPE_PATH_OR_HUB_ID, resolve_recipe_paths
 from prefopt.registry import PluginRegistry
 
 
@@ -147,7 +148,8 @@ class TrainConfig(Strict):
 
 
 class PromptsConfig(Strict):
-    path: str = Field(description="text (one prompt a line), .jsonl, .csv, .parquet, or a datasets dir / hub id")
+    path: str = Field(description="text (one prompt a line), .jsonl, .csv, .parquet, or a datasets dir / hub id",
+                      json_schema_extra=RECIPE_PATH_OR_HUB_ID)
     column: str = "prompt"
     split: str = "train"
     dedupe: bool = True
@@ -159,7 +161,8 @@ class PromptsConfig(Strict):
 class PairsConfig(Strict):
     source: Component
     prompts: PromptsConfig | None = None
-    dir: str | None = Field(None, description="pair dataset directory (default: <output_dir>/pairs)")
+    dir: str | None = Field(None, description="pair dataset directory (default: <output_dir>/pairs; relative: "
+                                              "from the working directory)")
     shard_size: int = Field(256, ge=1, description="pairs per shard")
     sample_batch_size: int = Field(64, ge=1, description="prompts per sampling call while building")
     latent_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
@@ -221,7 +224,8 @@ RESERVED_NAMES = {"results.csv", "results.json", "report.md", "comparison.png"}
 
 class Recipe(Strict):
     seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="in [0, 2^32)")
-    output_dir: str = Field("runs/default", pattern=r"\S", description="the run directory (prefopt's alone)")
+    output_dir: str = Field("runs/default", pattern=r"\S", description="the run directory (prefopt's alone; "
+                            "relative: from the working directory)")
     backbone: Component
     pretrain: PretrainConfig | None = None
     pairs: PairsConfig
@@ -585,4 +589,5 @@ def load_recipe(path: str | Path, registry: PluginRegistry, overrides: list[str]
     data = load_yaml(path)
     parsed = dict(parse_override(text) for text in overrides)
     apply_overrides(data, parsed)
-    return resolve(data, registry, where=str(path), overrides=parsed)
+    # Files the recipe names are found from its folder, whatever the working directory (prefopt/paths.py).
+    return resolve_recipe_paths(resolve(data, registry, where=str(path), overrides=parsed), Path(path).parent)

@@ -79,6 +79,8 @@ def describe_fields(config: type[BaseModel], nested: bool = True, _prefix: str =
         line = f"{_prefix}{name}: {_type_name(field.annotation)} = {default}"
         if field.description:
             line += f"  # {field.description}"
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("recipe_path"):
+            line += "  [path: from the recipe's folder]"
         lines.append(line)
         if model is not None:
             lines += describe_fields(
@@ -98,6 +100,14 @@ def recipe_reference_markdown(registry) -> str:
         "",
         "Generated from the pydantic models by `python -m prefopt.reference_doc`;",
         "do not edit by hand. Every field of every shipped plugin, with its default.",
+        "",
+        "**Relative paths.** A file or model a recipe reads (`pairs.prompts.path`, evaluator prompt and",
+        "metadata files, `random_condition.prompts`, DD-CPP's `winner_policy`/`loser_policy`: every field",
+        "marked *[path: from the recipe's folder]*) is found from the folder of the recipe file, whatever",
+        "the working directory; a value with no such file that looks like `owner/name` stays a Hub id where",
+        "the field takes one. The directories a run writes, `output_dir` and `pairs.dir`, are taken from the",
+        "working directory, so `prefopt run recipes/toy2d_ddspo.yaml` in the project root writes",
+        "`runs/toy2d_ddspo/` there.",
         "",
     ]
     sections = [

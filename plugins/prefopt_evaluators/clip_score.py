@@ -78,7 +78,7 @@ class ClipScore(ImageEvaluator):
                                    description="evaluation prompts")
         prompts_file: PromptsConfig | None = Field(
             None, description="when set, the prompts are read from this file instead (a path, or {path, column, "
-                              "max_count, ...}; a relative path is taken from the working directory): any prompt "
+                              "max_count, ...}): any prompt "
                               "file, PartiPrompts .tsv (column: Prompt), HPSv2 JSON lists, COCO captions .json")
         images_per_prompt: int = Field(2, ge=1, description="images drawn per prompt, each with its own seed")
         seed: int = Field(1234, description="sampling seed; the same for every method compared")

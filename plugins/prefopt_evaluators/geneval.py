@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol, Sequence
 
 from pydantic import Field
 
+from prefopt.api import RECIPE_PATH
 from prefopt.evaluation import EvalRow, ImageEvaluator, Scores, seeded_rows
 from prefopt.interfaces import PluginConfig
 from prefopt_evaluators.geneval_rules import Detection, judge, read_metadata
@@ -43,8 +44,7 @@ class GenEval(ImageEvaluator):
     name = "geneval"
 
     class Config(PluginConfig):
-        metadata: str = Field(min_length=1, description="GenEval's evaluation_metadata.jsonl (a path; relative: "
-                                                        "from the working directory)")
+        metadata: str = Field(min_length=1, description="GenEval's evaluation_metadata.jsonl", json_schema_extra=RECIPE_PATH)
         detector: str = Field("facebook/mask2former-swin-small-coco-instance",
                               description="Mask2Former instance segmentation: hub id or local directory")
         colour_model: str = Field("openai/clip-vit-large-patch14",
@@ -55,7 +55,7 @@ class GenEval(ImageEvaluator):
                                      "processor's own setting")
         object_names: str | None = Field(
             None, description="GenEval's object_names.txt (the detector's classes in order, named as the metadata "
-                              "names them); null: the detector's own label names")
+                              "names them); null: the detector's own label names", json_schema_extra=RECIPE_PATH)
         prefix: str = Field("geneval", pattern=r"^[A-Za-z0-9_.-]+$", description="metric and file prefix")
         images_per_prompt: int = Field(4, ge=1, description="images per prompt (GenEval: 4)")
         seed: int = Field(42, description="sampling seed (GenEval: 42); the same for every method compared")

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from prefopt.api import RECIPE_PATH_OR_HUB_ID
 from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs, PluginConfig, Prediction
 from prefopt_objectives.prompt_rewrites import RandomCondition, RandomConditionConfig
 from prefopt_objectives.slots import REF_L, REF_L_NEG, REF_W, STUDENT_L, STUDENT_W, PairNoise, noise_field
@@ -46,10 +47,12 @@ class DDSPO(Objective):
             description="per-pair loss weight over t: none (1) or linear (t_fraction, as the official SDXL run)",
         )
         winner_policy: str | None = Field(
-            None, min_length=1, description="DD-CPP: frozen winning policy (weights path); needs loser_policy"
+            None, min_length=1, description="DD-CPP: frozen winning policy (weights path or Hub id); needs "
+            "loser_policy", json_schema_extra=RECIPE_PATH_OR_HUB_ID,
         )
         loser_policy: str | None = Field(
-            None, min_length=1, description="DD-CPP: frozen losing policy (weights path); needs winner_policy"
+            None, min_length=1, description="DD-CPP: frozen losing policy (weights path or Hub id); needs "
+            "winner_policy", json_schema_extra=RECIPE_PATH_OR_HUB_ID,
         )
         noise: PairNoise = noise_field()
         random_condition: RandomConditionConfig | None = Field(

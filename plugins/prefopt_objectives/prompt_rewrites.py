@@ -20,6 +20,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
+from prefopt.api import RECIPE_PATH
 from prefopt.errors import DataError
 from prefopt.interfaces import PluginConfig, PromptRewrite, RewrittenPrompts
 
@@ -33,8 +34,8 @@ class RandomConditionConfig(PluginConfig):
     prompts: list[str] = Field(
         min_length=1,
         description="extra prompt files (official --extra_text_path): JSONL lines "
-        '{"prompt": ..., "neg_prompts": [...]}, as the official data_prep/random_removal.py writes them; '
-        "relative paths from the working directory",
+        '{"prompt": ..., "neg_prompts": [...]}, as the official data_prep/random_removal.py writes them',
+        json_schema_extra=RECIPE_PATH,
     )
     schedule: Literal["sigmoid", "exponential", "constant"] = Field(
         "sigmoid",

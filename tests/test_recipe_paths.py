@@ -1,0 +1,117 @@
+"""One rule for relative paths: files a recipe reads come from the recipe's folder; run output from the working directory.
+
+Each path field is checked with the recipe in one folder and the working
+directory in another, so a field that still followed the working directory
+would point at the wrong place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prefopt.recipe import load_recipe
+from prefopt.registry import PluginRegistry
+
+BASE = {
+    "seed": 0,
+    "backbone": {"name": "toy2d"},
+    "pairs": {"source": {"name": "toy2d_neighbours"}},
+    "objective": {"name": "ddspo"},
+}
+
+
+@pytest.fixture(scope="module")
+def registry() -> PluginRegistry:
+    return PluginRegistry()
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch) -> Path:
+    """The recipe's folder; the working directory is a sibling of it."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    return tmp_path / "recipes"
+
+
+def _load(folder: Path, registry, **changes):
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**BASE, **changes}))
+    return load_recipe(path, registry)
+
+
+def test_pairs_prompts_path(folders, registry):
+    resolved = _load(folders, registry, pairs={"source": {"name": "random_removal"},
+                                               "prompts": {"path": "data/prompts.txt"}})
+    assert resolved.recipe.pairs.prompts.path == str(folders / "data" / "prompts.txt")
+
+
+def test_pretrain_pairs_prompts_path(folders, registry):
+    resolved = _load(folders, registry, pretrain={"pairs": {"source": {"name": "toy2d_points"},
+                                                            "prompts": {"path": "p.txt"}}})
+    assert resolved.recipe.pretrain.pairs.prompts.path == str(folders / "p.txt")
+
+
+def test_a_hub_id_stays_a_hub_id_and_a_file_beside_the_recipe_wins(folders, registry):
+    prompts = {"source": {"name": "random_removal"}, "prompts": {"path": "someone/prompt-set"}}
+    assert _load(folders, registry, pairs=prompts).recipe.pairs.prompts.path == "someone/prompt-set"
+    (folders / "someone" / "prompt-set").mkdir(parents=True)  # a local datasets dir of that name
+    assert _load(folders, registry, pairs=prompts).recipe.pairs.prompts.path == str(folders / "someone" / "prompt-set")
+
+
+def test_absolute_paths_are_kept(folders, registry, tmp_path):
+    absolute = str(tmp_path / "elsewhere" / "prompts.txt")
+    resolved = _load(folders, registry, pairs={"source": {"name": "random_removal"}, "prompts": {"path": absolute}})
+    assert resolved.recipe.pairs.prompts.path == absolute
+
+
+@pytest.mark.parametrize("evaluator", ["clip_score", "t2i_compbench"])
+def test_evaluator_prompt_files(folders, registry, evaluator):
+    resolved = _load(folders, registry, eval=[{"name": evaluator, "prompts_file": "eval/prompts.txt"}])
+    assert resolved.config("eval", 0).prompts_file.path == str(folders / "eval" / "prompts.txt")
+
+
+def test_geneval_metadata_and_object_names(folders, registry):
+    resolved = _load(folders, registry, eval=[{"name": "geneval", "metadata": "geneval/evaluation_metadata.jsonl",
+                                               "object_names": "geneval/object_names.txt"}])
+    config = resolved.config("eval", 0)
+    assert config.metadata == str(folders / "geneval" / "evaluation_metadata.jsonl")
+    assert config.object_names == str(folders / "geneval" / "object_names.txt")
+
+
+def test_random_condition_prompts(folders, registry):
+    objective = {"name": "ddspo", "random_condition": {"prompts": ["extra/a.jsonl", "extra/b.jsonl"]}}
+    resolved = _load(folders, registry, objective=objective)
+    assert resolved.config("objective").random_condition.prompts == [
+        str(folders / "extra" / "a.jsonl"), str(folders / "extra" / "b.jsonl")]
+
+
+def test_ddcpp_policy_paths(folders, registry):
+    objective = {"name": "ddspo", "winner_policy": "../runs/policy_w/final", "loser_policy": "someone/policy-l"}
+    config = _load(folders, registry, objective=objective).config("objective")
+    assert config.winner_policy == str((folders.parent / "runs" / "policy_w" / "final"))
+    assert config.loser_policy == "someone/policy-l"  # no such folder beside the recipe: a Hub id
+
+
+def test_run_output_stays_in_the_working_directory(folders, registry):
+    resolved = _load(folders, registry, output_dir="runs/x", pairs={"source": {"name": "toy2d_neighbours"},
+                                                                    "dir": "pairsets/y"})
+    assert resolved.recipe.output_dir == "runs/x"
+    assert resolved.recipe.pairs.dir == "pairsets/y"
+
+
+def test_the_resolved_recipe_records_the_absolute_paths(folders, registry):
+    resolved = _load(folders, registry, eval=[{"name": "clip_score", "prompts_file": "p.txt"}])
+    assert resolved.to_dict()["eval"][0]["prompts_file"]["path"] == str(folders / "p.txt")
+
+
+def test_a_compare_variants_own_paths(folders, registry):
+    from prefopt.compare import resolve_variants
+
+    variants = {"rc": {"objective": {"random_condition": {"prompts": ["extra.jsonl"]}}}}
+    resolved = _load(folders, registry, output_dir="cmp", compare={"variants": variants, "seeds": [0]})
+    variant = resolve_variants(resolved, registry)["rc", 0]
+    assert variant.config("objective").random_condition.prompts == [str(folders / "extra.jsonl")]
