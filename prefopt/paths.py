@@ -24,6 +24,8 @@ RECIPE_PATH_OR_HUB_ID = {"recipe_path": "file_or_hub_id"}
 """As RECIPE_PATH, but a value that is no file beside the recipe and looks like a Hub id stays a Hub id."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A name ending in one of these is a file, never a Hub id ("org/model-3.5-medium" is a Hub id).
+_FILE_SUFFIXES = {".txt", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".pt", ".pth", ".safetensors", ".bin"}
 
 
 def _resolve_one(value: str, base_dir: Path, kind: str) -> str:
@@ -31,7 +33,8 @@ def _resolve_one(value: str, base_dir: Path, kind: str) -> str:
     if path.is_absolute():
         return str(path)
     beside = base_dir / path
-    if kind == "file_or_hub_id" and not beside.exists() and not path.suffix and _HUB_ID.match(value):
+    looks_like_hub_id = _HUB_ID.match(value) and path.suffix.lower() not in _FILE_SUFFIXES
+    if kind == "file_or_hub_id" and looks_like_hub_id and not beside.exists():
         return value
     return str(beside.resolve())
 
@@ -51,6 +54,8 @@ def resolve_paths(model: BaseModel, base_dir: Path) -> BaseModel:
             update[name] = _resolve_one(value, base_dir, kind)
         elif kind is not None and isinstance(value, list):
             update[name] = [_resolve_one(v, base_dir, kind) if isinstance(v, str) else v for v in value]
+        elif kind is not None and isinstance(value, dict):  # e.g. FID's {feature space: statistics file}
+            update[name] = {k: _resolve_one(v, base_dir, kind) if isinstance(v, str) else v for k, v in value.items()}
         elif isinstance(value, BaseModel):
             update[name] = resolve_paths(value, base_dir)
         elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):

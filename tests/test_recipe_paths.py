@@ -115,3 +115,34 @@ def test_a_compare_variants_own_paths(folders, registry):
     resolved = _load(folders, registry, output_dir="cmp", compare={"variants": variants, "seeds": [0]})
     variant = resolve_variants(resolved, registry)["rc", 0]
     assert variant.config("objective").random_condition.prompts == [str(folders / "extra.jsonl")]
+
+
+def test_pickapic_path(folders, registry):
+    resolved = _load(folders, registry, backbone={"name": "sd"},
+                     pairs={"source": {"name": "pickapic", "path": "data/pickapic_v2"}})
+    assert resolved.config("pairs", "source").path == str(folders / "data" / "pickapic_v2")
+
+
+def test_evaluator_checkpoint_and_reference_files(folders, registry):
+    resolved = _load(folders, registry, eval=[
+        {"name": "fid", "reference_images": "coco/images", "reference_statistics": {"inception": "stats.npz"},
+         "inception_weights": "w/inception.pth"},
+        {"name": "hpsv2", "checkpoint": "w/hps.pt"},
+        {"name": "aesthetic", "head": "w/head.pth"},
+        {"name": "image_reward", "med_config": "w/med_config.json"},
+    ])
+    fid, hps, aesthetic, image_reward = (resolved.config("eval", i) for i in range(4))
+    assert fid.reference_images == str(folders / "coco" / "images")
+    assert fid.reference_statistics == {"inception": str(folders / "stats.npz")}
+    assert fid.inception_weights == str(folders / "w" / "inception.pth")
+    assert hps.checkpoint == str(folders / "w" / "hps.pt")
+    assert aesthetic.head == str(folders / "w" / "head.pth")
+    assert image_reward.med_config == str(folders / "w" / "med_config.json")
+    assert image_reward.model == "ImageReward-v1.0"  # a model name, not a path: untouched
+
+
+def test_a_hub_id_with_a_dot_is_still_a_hub_id(folders, registry):
+    objective = {"name": "ddspo", "winner_policy": "someone/policy-3.5-w", "loser_policy": "l/policy.safetensors"}
+    config = _load(folders, registry, objective=objective).config("objective")
+    assert config.winner_policy == "someone/policy-3.5-w"
+    assert config.loser_policy == str(folders / "l" / "policy.safetensors")

@@ -21,6 +21,7 @@ from typing import Any, Literal, Sequence
 
 from pydantic import Field, model_validator
 
+from prefopt.api import RECIPE_PATH
 from prefopt.evaluation import EvalRow, Scores
 from prefopt_evaluators.prompt_sets import PromptSetConfig, PromptSetEvaluator
 
@@ -34,12 +35,15 @@ class Fid(PromptSetEvaluator):
         features: list[Literal["inception", "clip"]] = Field(
             default_factory=lambda: ["inception"], min_length=1,
             description="inception: FID and IS (torch-fidelity); clip: CLIP-FID")
-        reference_images: str | None = Field(None, description="folder of reference images")
+        reference_images: str | None = Field(None, description="folder of reference images",
+                                             json_schema_extra=RECIPE_PATH)
         reference_statistics: dict[str, str] = Field(
             default_factory=dict, description="precomputed statistics per feature space, e.g. "
-                                              "{inception: coco30k_inception.npz} (mu, sigma); instead of a folder")
+                                              "{inception: coco30k_inception.npz} (mu, sigma); instead of a folder",
+            json_schema_extra=RECIPE_PATH)
         inception_weights: str | None = Field(
-            None, description="torch-fidelity's weights-inception-2015-12-05 file (null: torch-fidelity downloads it)")
+            None, description="torch-fidelity's weights-inception-2015-12-05 file (null: torch-fidelity downloads it)",
+            json_schema_extra=RECIPE_PATH)
         clip_model: str = Field("openai/clip-vit-base-patch32", description="CLIP for CLIP-FID: hub id or local dir")
         is_splits: int = Field(10, ge=1, description="Inception Score splits")
         compare_reference: bool = Field(False, description="also score the reference model's images")

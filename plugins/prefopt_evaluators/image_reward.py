@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from pydantic import Field
 
+from prefopt.api import RECIPE_PATH
 from prefopt.evaluation import EvalRow, Scores
 from prefopt_evaluators.prompt_sets import PromptSetConfig, PromptSetEvaluator
 
@@ -24,7 +25,8 @@ class ImageReward(PromptSetEvaluator):
 
     class Config(PromptSetConfig):
         model: str = Field("ImageReward-v1.0", description="ImageReward-v1.0 or a local checkpoint (.pt)")
-        med_config: str | None = Field(None, description="the BLIP med_config.json (local path; null: downloaded)")
+        med_config: str | None = Field(None, description="the BLIP med_config.json (local path; null: downloaded)",
+                                       json_schema_extra=RECIPE_PATH)
         download_root: str | None = Field(None, description="where the package keeps downloads (null: its cache)")
         prefix: str = Field("image_reward", pattern=r"^[A-Za-z0-9_.-]+$", description="metric and file prefix")
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from pydantic import Field
 
+from prefopt.api import RECIPE_PATH
 from prefopt.evaluation import EvalRow, Scores
 from prefopt_evaluators.prompt_sets import PromptSetConfig, PromptSetEvaluator, torch_dtype
 
@@ -31,7 +32,8 @@ class HPSv2(PromptSetEvaluator):
                            description="transformers CLIP (hub id or local dir): HPS weights in transformers "
                                        "format, or the architecture the open_clip checkpoint is read into")
         checkpoint: str | None = Field(None, description="HPS v2 / v2.1 open_clip checkpoint (.pt, local path); "
-                                                         "null: model already holds the HPS weights")
+                                                         "null: model already holds the HPS weights",
+                                        json_schema_extra=RECIPE_PATH)
         processor: str | None = Field(None, description="CLIP processor (null: model's)")
         prefix: str = Field("hpsv2", pattern=r"^[A-Za-z0-9_.-]+$", description="metric and file prefix")
 
@@ -65,7 +67,8 @@ class Aesthetic(PromptSetEvaluator):
 
     class Config(PromptSetConfig):
         model: str = Field("openai/clip-vit-large-patch14", description="CLIP ViT-L/14: hub id or local dir")
-        head: str = Field(min_length=1, description="the predictor head (.pth or .safetensors, local path)")
+        head: str = Field(min_length=1, description="the predictor head (.pth or .safetensors, local path)",
+                          json_schema_extra=RECIPE_PATH)
         prefix: str = Field("aesthetic", pattern=r"^[A-Za-z0-9_.-]+$", description="metric and file prefix")
 
     def local_files(self) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 from pydantic import Field
 
+from prefopt.api import RECIPE_PATH
 from prefopt.errors import DataError, require
 from prefopt.interfaces import PairSource, PluginConfig, PromptPair
 from prefopt_pairs.common import row_seed
@@ -103,7 +104,8 @@ class PickAPic(PairSource):
         """Where the labelled pairs are and which of them to use."""
 
         path: str = Field(
-            description="a .parquet file, a directory of parquet shards, or a datasets save_to_disk directory"
+            description="a .parquet file, a directory of parquet shards, or a datasets save_to_disk directory",
+            json_schema_extra=RECIPE_PATH,
         )
         split: str = Field(
             "train", description="split of a saved DatasetDict, or shard name prefix (<split>-*.parquet) in a directory"
