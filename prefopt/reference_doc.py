@@ -107,7 +107,9 @@ def recipe_reference_markdown(registry) -> str:
         "the working directory; a value with no such file that looks like `owner/name` stays a Hub id where",
         "the field takes one. The directories a run writes, `output_dir` and `pairs.dir`, are taken from the",
         "working directory, so `prefopt run recipes/toy2d_ddspo.yaml` in the project root writes",
-        "`runs/toy2d_ddspo/` there.",
+        "`runs/toy2d_ddspo/` there. Fields that name a model by Hub id or directory (`backbone.pretrained`,",
+        "evaluator and LLM model ids) are handed to diffusers / transformers as written, so a relative",
+        "directory there is taken from the working directory too (it is usually another run's output).",
         "",
     ]
     sections = [
