@@ -65,7 +65,7 @@ def test_full_finetune_loads_a_reference_only_when_asked(tiny_sd):
 
     out = FusedStep(backbone, objective("ddspo"))(pair_batch(backbone), generator, torch.device("cpu"))
     assert backbone._host is not None and backbone._host is not backbone.trainable_module()
-    assert float(out.loss) == pytest.approx(math.log(2), abs=1e-6)  # reference == untrained student
+    assert float(out.loss) == pytest.approx(math.log(2), abs=1e-5)  # reference == untrained student (batch-size-dependent kernels: ~1e-6)
 
     backbone.release_idle({STUDENT}, text_cached=False)  # a stage that no longer needs it frees it
     assert backbone._host is None
