@@ -256,8 +256,11 @@ def test_ddcpp_stages_share_pairs_and_hand_over_the_policies(registry):
                         ["objective.side=loser", "output_dir=runs/sd14_ddcpp_policy_l"])
     ddcpp = load_recipe(RECIPES / "sd14_ddcpp.yaml", registry)
     objective = ddcpp.to_dict()["objective"]
-    assert objective["winner_policy"] == f"{policies.recipe.output_dir}/final"
-    assert objective["loser_policy"] == f"{loser.recipe.output_dir}/final"
+    # The policies are files stage 2 reads (found from the recipe's folder); the runs that write
+    # them are run from the project root (output_dir is from the working directory).
+    root = RECIPES.parent.resolve()
+    assert objective["winner_policy"] == str(root / policies.recipe.output_dir / "final")
+    assert objective["loser_policy"] == str(root / loser.recipe.output_dir / "final")
     assert loser.to_dict()["objective"]["side"] == "loser"
     assert policies.recipe.pairs.dir == ddcpp.recipe.pairs.dir is not None
     assert "objective.side=loser output_dir=runs/sd14_ddcpp_policy_l" in (RECIPES / "sd14_ddcpp_policies.yaml").read_text()
