@@ -6,7 +6,7 @@ gloo, so here: one DDSPO step of a tiny SD pipeline with its UNet sharded over
 two processes equals the unsharded step (reference, student, loss, update),
 and the gathered weights become a plain student that predicts and saves as
 the trained one. The accelerate launches need GPUs (marked ``gpu``, skipped
-without CUDA; ``scripts/gpu-checks.sh`` runs them).
+without CUDA; ``bench/gpu-checks.sh`` runs them).
 """
 
 from __future__ import annotations
