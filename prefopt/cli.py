@@ -7,6 +7,7 @@ torch-free. Every user mistake becomes one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -243,13 +244,22 @@ def pairs_show(
     typer.echo(f"wrote {path}")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _error(message: str) -> None:
+    """Print one `error:` line: control characters a user's input put in it (a key holding
+    `\r` or a newline) are shown escaped, so the message stays a single line."""
+    typer.echo("error: " + _CONTROL.sub(lambda m: repr(m.group())[1:-1], message), err=True)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
     except PrefoptError as exc:
         if _state["debug"]:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         sys.exit(getattr(exc, "exit_code", 2))  # RunStopped (a signal, checkpoint saved): 143
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -259,14 +269,14 @@ def main() -> None:
         # that no closer handler named: the file and the reason, in one line.
         if _state["debug"]:
             raise
-        typer.echo(f"error: {describe_os_error(exc)}", err=True)
+        _error(describe_os_error(exc))
         sys.exit(2)
     except Exception as exc:
         # Usage errors (an unknown option, a missing argument). typer bundles its
         # own click, so match the click exception types by name, not by import.
         kinds = {cls.__name__ for cls in type(exc).__mro__}
         if "ClickException" in kinds:
-            typer.echo(f"error: {exc.format_message()} (see prefopt --help)", err=True)
+            _error(f"{exc.format_message()} (see prefopt --help)")
             sys.exit(getattr(exc, "exit_code", 2))
         if "Abort" in kinds:
             sys.exit(130)
