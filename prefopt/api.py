@@ -23,6 +23,7 @@ import hashlib
 import random
 from typing import Sequence
 
+from prefopt.data.jsonl import jsonl_objects
 from prefopt.errors import DataError, MissingDependencyError, PluginError, PrefoptError, RecipeError, require
 from prefopt.hookspecs import hookimpl
 from prefopt.paths import RECIPE_PATH, RECIPE_PATH_OR_HUB_ID
@@ -120,8 +121,9 @@ __all__ = [
     "PrefoptError",
     "RecipeError",
     "require",
-    # seeds and prompts
+    # seeds, prompts and the JSONL files users give
     "SEED_BITS",
+    "jsonl_objects",
     "prompt_rng",
     "require_prompts",
     "row_seed",

@@ -88,13 +88,16 @@ def test_extra_prompts_keep_the_official_rows(tmp_path):
 
 @pytest.mark.parametrize(("content", "message"), [
     (None, "extra prompt file not found"),
-    ("{not json\n", r"extra.jsonl:1: not JSON"),
-    ('["a"]\n', "a line must be a JSON object"),
+    ("{not json\n", r"extra.jsonl:1: not valid JSON"),
+    ('["a"]\n', "expected one JSON object per line"),
     ('{"prompt": "x"}\n', "no usable extra prompts"),
+    ('{"prompt": "caf\u00e9"}\n'.encode("latin-1"), "is not UTF-8 text"),
 ])
 def test_bad_extra_prompt_files_are_one_line_data_errors(tmp_path, content, message):
     path = tmp_path / "extra.jsonl"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(DataError, match=message):
         read_extra_prompts([str(path)], exclude=set())

@@ -29,13 +29,12 @@ The rules, in the benchmark's terms:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from prefopt.errors import DataError
+from prefopt.api import DataError, jsonl_objects
 
 CONFIDENCE_THRESHOLD = 0.3
 COUNTING_CONFIDENCE_THRESHOLD = 0.9  # rows tagged "counting": only confident detections are counted
@@ -204,15 +203,8 @@ def read_metadata(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"GenEval metadata file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            rows.append(check_row(record, f"{path}:{number}"))
+    for where, record in jsonl_objects(path):
+        rows.append(check_row(record, where))
     if not rows:
         raise DataError(f"{path} holds no GenEval rows")
     return rows

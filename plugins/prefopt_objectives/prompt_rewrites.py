@@ -14,13 +14,12 @@ when a rewrite is drawn.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal, Sequence
 
 from pydantic import Field
 
-from prefopt.api import RECIPE_PATH
+from prefopt.api import RECIPE_PATH, jsonl_objects
 from prefopt.errors import DataError
 from prefopt.interfaces import PluginConfig, PromptRewrite, RewrittenPrompts
 
@@ -72,20 +71,11 @@ def read_extra_prompts(paths: Sequence[str], exclude: set[str]) -> list[tuple[st
         path = Path(name).expanduser()
         if not path.is_file():
             raise DataError(f"random_condition: extra prompt file not found: {path}")
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"random_condition: {path}:{number}: not JSON ({exc.msg})") from None
-                if not isinstance(item, dict):
-                    raise DataError(f"random_condition: {path}:{number}: a line must be a JSON object")
-                prompt, negatives = item.get("prompt"), item.get("neg_prompts")
-                if (isinstance(prompt, str) and prompt and prompt not in exclude and isinstance(negatives, list)
-                        and negatives and all(isinstance(n, str) for n in negatives)):
-                    pool.append((prompt, list(negatives)))
+        for _, item in jsonl_objects(path):
+            prompt, negatives = item.get("prompt"), item.get("neg_prompts")
+            if (isinstance(prompt, str) and prompt and prompt not in exclude and isinstance(negatives, list)
+                    and negatives and all(isinstance(n, str) for n in negatives)):
+                pool.append((prompt, list(negatives)))
     if not pool:
         raise DataError(
             f"random_condition: no usable extra prompts in {', '.join(paths)} "

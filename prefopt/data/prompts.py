@@ -11,12 +11,12 @@ newline inside a prompt would break one-line formats downstream.
 from __future__ import annotations
 
 import csv
-import json
 import random
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from prefopt.data.jsonl import jsonl_objects
 from prefopt.errors import DataError, describe_os_error, require
 from prefopt.recipe import PromptsConfig
 
@@ -40,19 +40,10 @@ def _read_text(path: Path, column: str) -> list[Any]:
 
 def _read_jsonl(path: Path, column: str) -> list[Any]:
     values = []
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected one JSON object per line")
-            if column not in record:
-                raise _missing_column(f"{path}:{number}", column, record)
-            values.append(record[column])
+    for where, record in jsonl_objects(path):
+        if column not in record:
+            raise _missing_column(where, column, record)
+        values.append(record[column])
     return values
 
 
