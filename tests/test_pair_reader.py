@@ -120,6 +120,50 @@ def test_loader_gives_the_sampler_order_from_any_start(tmp_path, toy, workers):
         loader.close()
 
 
+OUTLIVING_LOADER = r"""
+import sys
+from prefopt.data.loader import BatchLoader
+from prefopt.data.pairset import PairDataset
+from prefopt.engine.trainer import EpochSampler
+
+dataset = PairDataset(sys.argv[1])
+loader = BatchLoader(dataset, EpochSampler(len(dataset), seed=0), batch_size=4, grad_accum=1, rank=0,
+                     world=1, start=0, max_steps=3, workers=1)
+loader.batch(0, 0)
+loader.cycle = loader  # alive until the end, as an exception's traceback can keep it
+print("read", flush=True)
+"""
+
+
+def test_a_process_whose_loader_outlives_its_work_still_exits(tmp_path, toy):
+    """Workers ignore SIGTERM; multiprocessing's exit hook terminates and then joins them.
+
+    A loader still referenced at exit once made every process that used workers hang
+    there forever (CI waited 90 minutes after the last test had passed).
+    """
+    import subprocess
+    import sys
+
+    build(tmp_path, toy, rows())
+    done = subprocess.run([sys.executable, "-c", OUTLIVING_LOADER, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "read\n", done.stderr
+
+
+def test_close_stops_the_workers_even_while_the_iterator_is_referenced(tmp_path, toy):
+    import multiprocessing
+
+    dataset = build(tmp_path, toy, rows())
+    loader = BatchLoader(dataset, EpochSampler(len(dataset), seed=0), batch_size=4, grad_accum=1, rank=0,
+                         world=1, start=0, max_steps=3, workers=1)
+    loader.batch(0, 0)
+    kept = loader._batches  # what a traceback would hold
+    assert multiprocessing.active_children()
+    loader.close()
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+    del kept
+
+
 def test_a_damaged_row_read_by_a_worker_is_one_data_error(tmp_path, toy):
     dataset = build(tmp_path, toy, rows())
     path = tensor_path(tmp_path, 2)

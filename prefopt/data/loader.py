@@ -12,8 +12,10 @@ with workers, without them, or resumed part way reads exactly the same rows.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -120,6 +122,8 @@ class BatchLoader:
         """
         if self._batches is None:
             self._batches = iter(self._loader)
+            if self._loader.num_workers:
+                _live_iterators.add(self._batches)
         while True:
             got_step, got_micro, batch = next(self._batches)
             if (got_step, got_micro) >= (step, micro):
@@ -131,5 +135,31 @@ class BatchLoader:
         return tuple(batch)  # the DataLoader hands sequences back as lists
 
     def close(self) -> None:
-        """Stop the workers (they also stop on their own when this process ends)."""
-        self._batches = None
+        """Stop the workers now, not whenever the iterator is collected."""
+        batches, self._batches = self._batches, None
+        if batches is not None:
+            _stop_workers(batches)
+
+
+def _stop_workers(batches) -> None:
+    """Tell the iterator's workers to finish and join them.
+
+    ``_shutdown_workers`` is what the iterator's own ``__del__`` calls; torch has no
+    public way to stop workers while something still holds the iterator.
+    """
+    if hasattr(batches, "_shutdown_workers"):
+        batches._shutdown_workers()
+
+
+# Iterators whose workers may still run. Workers ignore SIGTERM (see _init_worker), and at
+# exit multiprocessing terminates daemonic children and then joins them: an iterator still
+# alive then (an exception's traceback can keep one) would leave that join waiting forever.
+# atexit runs hooks last-registered first, so this one runs before multiprocessing's and
+# before torch marks the interpreter as exiting (after which _shutdown_workers does nothing).
+_live_iterators: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_workers() -> None:
+    for batches in list(_live_iterators):
+        _stop_workers(batches)

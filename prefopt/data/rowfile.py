@@ -146,3 +146,7 @@ class RowFile:
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
         self._fd = self._pid = None
+
+    def __del__(self) -> None:  # a dataset dropped without close() must not keep its files open
+        if getattr(self, "_pid", None) is not None:
+            self.close()
