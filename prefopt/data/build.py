@@ -21,6 +21,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from prefopt.atomic import write_atomic, write_json_atomic
 from prefopt.data.integrity import seal
 from prefopt.data.pairset import (
     IDENTITY_FIELDS,
@@ -34,8 +35,6 @@ from prefopt.data.pairset import (
     shard_stem,
     sidecar_path,
     tensor_path,
-    write_atomic,
-    write_json_atomic,
     write_manifest,
 )
 from prefopt.errors import DataError
