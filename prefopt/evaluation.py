@@ -34,7 +34,7 @@ from pathlib import Path
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prefopt.data.pairset import write_atomic
+from prefopt.atomic import write_atomic
 from prefopt.errors import PrefoptError
 from prefopt.interfaces import REFERENCE, STUDENT, Evaluator
 
