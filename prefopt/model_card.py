@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from prefopt.data.pairset import write_atomic
+from prefopt.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
