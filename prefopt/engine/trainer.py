@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prefopt.data.pairset import write_atomic
+from prefopt.atomic import write_atomic
 from prefopt.engine.checkpoint import list_checkpoints, load_checkpoint, remove_leftovers, save_checkpoint
 from prefopt.engine.step import FusedStep, PairBatch
 from prefopt.errors import PrefoptError, file_errors, require
