@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from prefopt.data.integrity import identity_hash, read_sealed, seal
-from prefopt.data.pairset import write_atomic, write_json_atomic
+from prefopt.atomic import write_atomic, write_json_atomic
 from prefopt.data.rowfile import RowFile, row_bytes, serialize
 from prefopt.errors import DataError
 
