@@ -46,7 +46,7 @@ def _files(directory: Path) -> list[str]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    from prefopt.data.pairset import write_atomic
+    from prefopt.atomic import write_atomic
 
     with file_errors(path, "write"):
         write_atomic(path, data)
