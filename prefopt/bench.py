@@ -310,7 +310,7 @@ HEADER = ("| date | recipe | batch×accum | precision | step | ms/step | pairs/s
 
 
 def _append(output: Path, r: dict) -> None:
-    from prefopt.data.pairset import write_atomic
+    from prefopt.atomic import write_atomic
     from prefopt.errors import file_errors
 
     lines = []
