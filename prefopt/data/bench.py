@@ -208,7 +208,7 @@ def run_data_bench(resolved: ResolvedRecipe, registry, *, pairs: int, steps: int
 
 
 def _append(output: Path, r: dict) -> None:
-    from prefopt.data.pairset import write_atomic
+    from prefopt.atomic import write_atomic
 
     header = ("| date | recipe | data shape | pairs | batch×accum | workers | disk MiB/step | pair MiB/step | "
               "read/pairs | loader pairs/s | ms/step | data wait | machine |\n"
