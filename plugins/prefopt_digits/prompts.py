@@ -187,7 +187,7 @@ def corrupt(record: dict, rng: np.random.Generator) -> str:
 # ---------------------------------------------------------------- files
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
-    from prefopt.data.pairset import write_atomic
+    from prefopt.atomic import write_atomic
 
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
