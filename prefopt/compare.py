@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from prefopt.data.pairset import write_atomic
+from prefopt.atomic import write_atomic
 from prefopt.errors import PrefoptError, RecipeError, file_errors
 from prefopt.paths import resolve_recipe_paths
 from prefopt.recipe import ResolvedRecipe, resolve

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from prefopt.data.pairset import write_atomic
+from prefopt.atomic import write_atomic
 from prefopt.checksums import read_json
 from prefopt.errors import DataError, PrefoptError, describe_os_error, file_errors, require
 from prefopt.recipe import PairsConfig, ResolvedRecipe, TrainConfig

@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
+from prefopt.atomic import replace_dir, write_atomic, write_failure
 from prefopt.checksums import new_run_id, run_id_of, seal, verify, write_run_record
-from prefopt.errors import PrefoptError, describe_os_error, file_errors
+from prefopt.errors import PrefoptError, file_errors
 from prefopt.locking import is_lock_file
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,6 @@ def prepare_run_dir(run_dir: Path, resolved, resume: bool, overwrite: bool, stat
                     target.unlink()
         write_run_record(run_dir, new_run_id())
         with file_errors(resolved_path, "write"):
-            from prefopt.data.pairset import write_atomic
-
             write_atomic(resolved_path, resolved.to_yaml().encode())
     if state is not None:
         state.wait_for_everyone()
@@ -157,32 +156,30 @@ def refuse_to_clear(run_dir: Path) -> None:
                            "a home directory or the root; give the run a directory of its own as output_dir")
 
 
+def ensure_run_id(run_dir: Path) -> str:
+    """The run's id; a run directory that has none (a stage started outside prepare_run_dir) gets one now."""
+    run_id = run_id_of(run_dir)
+    if run_id is None:
+        run_id = new_run_id()
+        write_run_record(run_dir, run_id)
+    return run_id
+
+
 def save_final(backbone, run_dir: Path, accelerator) -> Path:
     """Write final/ whole or not at all, sealed with the run's id."""
-    from prefopt.engine.checkpoint import _first_line, _fsync_tree
-
     final, tmp = run_dir / "final", run_dir / ".final.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             backbone.save(str(tmp))
-            run_id = run_id_of(run_dir)
-            if run_id is None:  # a stage started outside prepare_run_dir
-                run_id = new_run_id()
-                write_run_record(run_dir, run_id)
-            seal(tmp, run_id)
-            _fsync_tree(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            seal(tmp, ensure_run_id(run_dir))
+            replace_dir(tmp, final)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise PrefoptError(f"could not write {final}: {describe_os_error(exc)}") from exc
-            if isinstance(exc, PrefoptError):
+            if isinstance(exc, PrefoptError) or not isinstance(exc, Exception):
                 raise
-            if isinstance(exc, Exception):  # torch and safetensors report a full disk as RuntimeError
-                raise PrefoptError(f"could not write {final}: {_first_line(exc, run_dir)}") from exc
-            raise
+            # An OSError, or torch and safetensors reporting a full disk as RuntimeError: one line.
+            raise PrefoptError(f"could not write {final}: {write_failure(exc, run_dir)}") from exc
     accelerator.wait_for_everyone()
     return final
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from prefopt.data.pairset import write_atomic
+from prefopt.atomic import write_atomic
 from prefopt.evaluation import SEED_STRIDE, EvalRow, ImageEvaluator, Scores, write_records
 from prefopt.interfaces import REFERENCE, STUDENT, PluginConfig
 from prefopt.recipe import PromptsConfig

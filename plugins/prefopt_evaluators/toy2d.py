@@ -23,7 +23,7 @@ def read_samples(path: Path):
 
 def write_samples(path: Path, points, conditions) -> None:
     """samples.csv, written whole or not at all (a full disk never leaves a cut file)."""
-    from prefopt.data.pairset import write_atomic
+    from prefopt.atomic import write_atomic
 
     table = io.StringIO(newline="")
     writer = csv.writer(table)

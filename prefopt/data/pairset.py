@@ -31,11 +31,10 @@ flipped byte in a latent is refused before it is trained on.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from prefopt.atomic import write_json_atomic
 from prefopt.data.integrity import identity_hash, read_sealed, seal
 from prefopt.errors import DataError
 
@@ -62,26 +61,6 @@ def sidecar_path(directory: Path, index: int) -> Path:
 
 def repair_hint(directory: Path) -> str:
     return f"repair it with `prefopt pairs build RECIPE` (the recipe that built {directory})"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes so the file is whole or absent, even on a full disk or a kill."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = str(path)  # a write on a full disk names no file: name the one being written
-        raise
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def resolve_latent_dtype(setting: str, identity: dict[str, Any]) -> str:

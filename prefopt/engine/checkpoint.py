@@ -17,8 +17,10 @@ import re
 import shutil
 from pathlib import Path
 
-from prefopt.errors import PrefoptError, describe_os_error, file_errors
-from prefopt.checksums import new_run_id, read_json, run_id_of, seal, verify, write_run_record
+from prefopt.atomic import discard_dir, replace_dir, write_failure
+from prefopt.checksums import read_json, run_id_of, seal, verify
+from prefopt.errors import PrefoptError, file_errors
+from prefopt.rundir import ensure_run_id
 
 log = logging.getLogger(__name__)
 
@@ -80,50 +82,12 @@ def find_checkpoint(run_dir: Path, which: str, command: str = "prefopt run RECIP
     return chosen
 
 
-def _discard(path: Path) -> None:
-    """Remove a checkpoint so that a kill midway never leaves a half-deleted ``step-*``.
-
-    The rename is atomic: the directory is whole under its name or gone from it.
-    """
-    trash = path.with_name(f".trash-{path.name}")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def remove_leftovers(run_dir: Path) -> None:
     """Delete what a run killed while saving (``.tmp-step-*``) or pruning (``.trash-step-*``) left."""
     root = checkpoint_dir(run_dir)
     if root.is_dir():
         for stale in root.glob(".t*-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _run_id_for_saving(run_dir: Path) -> str:
-    """The run's id; a run directory that has none (training called directly) gets one now."""
-    run_id = run_id_of(run_dir)
-    if run_id is None:
-        run_id = new_run_id()
-        write_run_record(run_dir, run_id)
-    return run_id
-
-
-def _first_line(exc: BaseException, directory: Path | None = None) -> str:
-    """One line for a failed save; torch and safetensors report a full disk in their own words."""
-    if isinstance(exc, OSError):
-        return describe_os_error(exc)
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-    if directory is not None and disk_nearly_full(directory):
-        reason = f"No space left on device ({reason})"
-    return reason
-
-
-def disk_nearly_full(directory: Path) -> bool:
-    """Whether the file system holding ``directory`` has less than 1 MiB free."""
-    try:
-        return shutil.disk_usage(directory).free < 1 << 20
-    except OSError:
-        return False
 
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int) -> Path:
@@ -142,14 +106,11 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
             # Every process has written its RNG state before the directory is sealed and renamed.
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                run_id = _run_id_for_saving(run_dir)
+                run_id = ensure_run_id(run_dir)
                 state = {**state, "step": step, "run_id": run_id}
                 (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
                 seal(tmp, run_id)
-                _fsync_tree(tmp)
-                if final.exists():
-                    _discard(final)
-                os.replace(tmp, final)
+                replace_dir(tmp, final)
         except BaseException:
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -157,12 +118,12 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     except PrefoptError as exc:
         raise PrefoptError(f"could not write checkpoint {final}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - torch and safetensors report a full disk as RuntimeError
-        raise PrefoptError(f"could not write checkpoint {final}: {_first_line(exc, root)}") from exc
+        raise PrefoptError(f"could not write checkpoint {final}: {write_failure(exc, root)}") from exc
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for old in list_checkpoints(run_dir)[:-keep]:
             try:
-                _discard(old)
+                discard_dir(old)
             except OSError as exc:
                 log.warning("could not remove old checkpoint %s: %s", old, exc)
     return final
@@ -176,12 +137,5 @@ def load_checkpoint(accelerator, path: Path) -> dict:
     try:
         accelerator.load_state(str(path))
     except Exception as exc:  # noqa: BLE001 - a checkpoint of another model shape: torch raises RuntimeError
-        raise PrefoptError(f"could not load checkpoint {path}: {_first_line(exc)}") from exc
+        raise PrefoptError(f"could not load checkpoint {path}: {write_failure(exc)}") from exc
     return state
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefopt.data.pairset import write_atomic
+from prefopt.atomic import write_atomic
 from prefopt.errors import PrefoptError, require
 
 # tracker name -> (the module it needs, the prefopt extra that installs it)
