@@ -37,13 +37,13 @@ if hang:  # park inside the save of one checkpoint so that a SIGKILL lands there
         open(os.environ["TEST_MARKER"], "w").close()
         time.sleep(600)
     if hang == "fsync":  # every file written into .tmp-step-N, not yet renamed to step-N
-        import prefopt.engine.checkpoint as ck
-        fsync = ck._fsync_tree
+        import prefopt.atomic as atomic
+        fsync = atomic.fsync_tree
         def fsync_then_park(directory):
             fsync(directory)
             if directory.name == where:
                 park()
-        ck._fsync_tree = fsync_then_park
+        atomic.fsync_tree = fsync_then_park
     elif hang == "torch_save":  # model written, optimizer state written, the rest not yet
         import torch
         save = torch.save
