@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from prefopt.errors import PrefoptError
-from prefopt.interfaces import Cond
+from prefopt.interfaces import REFERENCE, Cond
 from prefopt_backbones.diffusers_base import DiffusersBackbone
 from prefopt_backbones.settings import DDPMConfig
 
@@ -27,6 +27,13 @@ class SDBackbone(DiffusersBackbone):
 
     ``vae: false`` drops the autoencoder: the data are pixels in [-1, 1] and the
     UNet works on them directly (small models trained from scratch).
+
+    ``train_text_encoder: true`` (full fine-tuning only) trains the text encoder
+    with the UNet, as one module (prefopt_backbones.text_trained): prompts are
+    passed as token ids and encoded inside the trained forward. Only for
+    objectives without reference predictions (``denoise``: training from
+    scratch), since a frozen reference would read the moving text encoder too.
+    final/ holds the trained text encoder; checkpoints hold both modules.
     """
 
     name = "sd"
@@ -46,6 +53,82 @@ class SDBackbone(DiffusersBackbone):
         vae: bool = Field(
             True, description="latent model with an AutoencoderKL; false: pixel-space UNet, data = pixels in [-1, 1]"
         )
+        train_text_encoder: bool = Field(
+            False, description="full fine-tuning: train the text encoder with the UNet (objectives without "
+            "reference predictions, e.g. denoise, as when training from scratch)"
+        )
+
+        @model_validator(mode="after")
+        def _text_encoder_needs_full(self):
+            if self.train_text_encoder and self.finetune.mode != "full":
+                raise ValueError("train_text_encoder needs finetune.mode: full (LoRA adapts the UNet only)")
+            return self
+
+    # ------------------------------------------------------------------ a trained text encoder
+
+    def _trains_text_encoder(self) -> bool:
+        # SDXL reuses these methods with a Config that has no such switch.
+        return bool(getattr(self.config, "train_text_encoder", False))
+
+    def load(self, runtime, policies=None) -> None:
+        self._joint = None  # the UNet and text encoder as one trained module, with train_text_encoder
+        super().load(runtime, policies)
+        if runtime.train and self._trains_text_encoder():
+            self._joint = self._trainable = self._unet_with_text_encoder()
+
+    def _unet_with_text_encoder(self):
+        from prefopt_backbones import loading
+        from prefopt_backbones.text_trained import UNetWithTextEncoder
+
+        encoder = self.modules["text_encoder"]
+        dtype = loading.torch_dtype(self.config.text_encoder_dtype, self.runtime.dtype, trainable=True)
+        if loading.input_dtype(encoder) != dtype:  # trained weights in float32 (auto), as the denoiser's
+            library, class_name = self.component_classes["text_encoder"]
+            encoder = loading.load_model(library, class_name, *self._location("text_encoder"), dtype)
+            self.modules["text_encoder"] = encoder = encoder.to(self.runtime.device)
+        return UNetWithTextEncoder(self.modules[self.denoiser_name], encoder.requires_grad_(True))
+
+    def trainable_module(self):
+        module = super().trainable_module()
+        return self._joint if getattr(self, "_joint", None) is not None else module
+
+    def _student(self):
+        student = super()._student()
+        return student.unet if getattr(self, "_joint", None) is not None else student
+
+    def adopt_student_state(self, state_dict) -> None:
+        if self._trains_text_encoder():
+            raise PrefoptError("backbone.train_text_encoder cannot be trained sharded (FSDP / ZeRO-3)")
+        super().adopt_student_state(state_dict)
+
+    def release_idle(self, sources, text_cached: bool) -> None:
+        if self._trains_text_encoder():
+            if REFERENCE in set(sources) or self._policies:
+                raise PrefoptError("backbone.train_text_encoder: this objective asks for reference predictions, "
+                                   "which would read the trained text encoder too; use it with denoise")
+            text_cached = False  # the cache holds token ids; the trained text encoder is never idle
+        super().release_idle(sources, text_cached)
+
+    def load_trained(self, directory: str) -> None:
+        """As the base class; with train_text_encoder also the saved pipeline's text encoder."""
+        from pathlib import Path
+
+        super().load_trained(directory)
+        saved = Path(directory) / "text_encoder"
+        if self._trains_text_encoder() and saved.is_dir():
+            from prefopt_backbones import loading
+
+            library, class_name = self.component_classes["text_encoder"]
+            encoder = self.modules["text_encoder"]
+            trained = loading.load_model(library, class_name, str(Path(directory)), "text_encoder", None, None,
+                                         loading.input_dtype(encoder))
+            encoder.load_state_dict(trained.state_dict())
+
+    def describe(self) -> dict[str, Any]:
+        described = super().describe()
+        if self._trains_text_encoder():
+            described["trained"]["module"] = f"{self.denoiser_name} + text_encoder"
+        return described
 
     # ------------------------------------------------------------------ family hooks
 
@@ -156,16 +239,30 @@ class SDBackbone(DiffusersBackbone):
     # ------------------------------------------------------------------ prompts and the denoiser
 
     def encode_prompts(self, prompts) -> Cond:
+        if getattr(self, "_joint", None) is not None:  # the trained module encodes: token ids only
+            return self._token_ids(prompts)
         embeds, _ = self._text_pipeline.encode_prompt(
             list(prompts), self.runtime.device, num_images_per_prompt=1, do_classifier_free_guidance=False
         )
         return {"encoder_hidden_states": embeds}
+
+    def _token_ids(self, prompts) -> Cond:
+        """Token ids (and the mask, where the encoder reads one) as StableDiffusionPipeline.encode_prompt makes them."""
+        tokenizer = self.modules["tokenizer"]
+        tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt")
+        cond = {"input_ids": tokens.input_ids.to(self.runtime.device)}
+        if getattr(self.modules["text_encoder"].config, "use_attention_mask", False):
+            cond["attention_mask"] = tokens.attention_mask.to(self.runtime.device)
+        return cond
 
     def _unet_kwargs(self, cond: Cond) -> dict[str, Any]:
         """Denoiser keyword arguments besides the text embeddings (SDXL's micro-conditioning)."""
         return {}
 
     def _forward(self, module, x_t, t, cond: Cond):
+        if "input_ids" in cond:  # UNetWithTextEncoder: it encodes the ids itself
+            return module(x_t, t, return_dict=False, **cond)[0]
         return module(
             x_t,
             t,

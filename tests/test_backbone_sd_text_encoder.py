@@ -1,0 +1,77 @@
+"""``backbone.train_text_encoder`` of the sd backbone: the text encoder trains with the UNet (tiny pipelines, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from helpers import cli, error_lines
+from tiny_models import load_backbone, objective, train_steps
+
+from prefopt.errors import PrefoptError
+from prefopt.interfaces import REFERENCE, STUDENT
+from prefopt_backbones.sd import SDBackbone
+
+
+def _text_weights(backbone) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in backbone.modules["text_encoder"].state_dict().items()}
+
+
+def test_text_encoder_trains_saves_and_loads_with_the_pipeline(tiny_sd_pixel, tmp_path):
+    backbone = load_backbone(SDBackbone, tiny_sd_pixel, "full", vae=False, train_text_encoder=True)
+    module = backbone.trainable_module()
+    # One module for the engine: the optimizer, clipping and checkpoints (its state_dict) see both parts.
+    assert {name.split(".")[0] for name in module.state_dict()} == {"unet", "text_encoder"}
+    assert {id(p) for p in backbone.modules["text_encoder"].parameters()} <= {id(p) for p in
+                                                                             backbone.trainable_parameters()}
+    before = _text_weights(backbone)
+    losses = train_steps(backbone, objective("denoise"), 3)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    after = _text_weights(backbone)
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert "embeddings.token_embedding.weight" in moved and len(moved) > len(before) // 2
+
+    backbone.save(str(tmp_path / "final"))
+    # The next load reads the trained text encoder from the saved pipeline, as a hub id would be read...
+    reloaded = load_backbone(SDBackbone, tmp_path / "final", "full", vae=False, train=False)
+    assert all(torch.equal(after[k], v) for k, v in reloaded.modules["text_encoder"].state_dict().items())
+    # ... and load_trained (prefopt eval of final/) puts it into a backbone loaded from the start.
+    fresh = load_backbone(SDBackbone, tiny_sd_pixel, "full", vae=False, train_text_encoder=True)
+    fresh.load_trained(str(tmp_path / "final"))
+    assert all(torch.equal(after[k], v) for k, v in _text_weights(fresh).items())
+    # Sampling goes through the pipeline with the trained encoder and the plain UNet.
+    assert backbone.sample(["a red cube"], [0], source=STUDENT).shape[0] == 1
+
+
+def test_without_the_switch_the_text_encoder_stays_frozen(tiny_sd_pixel):
+    backbone = load_backbone(SDBackbone, tiny_sd_pixel, "full", vae=False)
+    before = _text_weights(backbone)
+    train_steps(backbone, objective("denoise"), 1)
+    assert all(torch.equal(before[k], v) for k, v in _text_weights(backbone).items())
+
+
+def test_objectives_with_reference_predictions_are_refused(tiny_sd_pixel):
+    backbone = load_backbone(SDBackbone, tiny_sd_pixel, "full", vae=False, train_text_encoder=True)
+    with pytest.raises(PrefoptError, match="train_text_encoder: this objective asks for reference predictions"):
+        backbone.release_idle({STUDENT, REFERENCE}, text_cached=False)
+    backbone.release_idle({STUDENT}, text_cached=True)  # denoise: allowed; the trained encoder stays
+    assert backbone.modules["text_encoder"] is backbone.trainable_module().text_encoder
+
+
+def test_lora_with_a_trained_text_encoder_is_one_error_line(tmp_path):
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "backbone": {"name": "sd", "pretrained": "x", "train_text_encoder": True},
+        "pairs": {"source": {"name": "random_removal"}, "prompts": {"path": str(tmp_path / "p.txt")}},
+        "objective": {"name": "denoise"},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, err = cli("validate", path)
+    assert code == 2
+    assert len(error_lines(err)) == 1 and "train_text_encoder needs finetune.mode: full" in err, err
+
+
+def test_describe_names_both_trained_modules():
+    config = SDBackbone.Config(pretrained="x", finetune={"mode": "full"}, train_text_encoder=True)
+    assert SDBackbone(config).describe()["trained"]["module"] == "unet + text_encoder"
