@@ -102,10 +102,24 @@ def masked_crop(image: Image.Image, detection: Detection) -> Image.Image:
     return crop if crop.width and crop.height else image
 
 
-class Mask2FormerDetector:
-    """Mask2Former instance segmentation + CLIP colours, the ``geneval`` evaluator's detector."""
+def label_names(config, object_names: str | None = None) -> list[str]:
+    """A Mask2Former config's classes in order: the lines of ``object_names``, or its own names in GenEval's
+    spelling."""
+    if object_names is None:
+        return [GENEVAL_NAMES.get(config.id2label[i], config.id2label[i]) for i in range(config.num_labels)]
+    labels = [line.strip() for line in Path(object_names).read_text().splitlines() if line.strip()]
+    if len(labels) != config.num_labels:
+        raise DataError(f"{object_names} names {len(labels)} classes; the detector has {config.num_labels}")
+    return labels
 
-    def __init__(self, model: str, colour_model: str, device: torch.device, dtype: str,
+
+class Mask2FormerDetector:
+    """Mask2Former instance segmentation + CLIP colours, the ``geneval`` evaluator's detector.
+
+    Without a ``colour_model`` (T2I-CompBench's spatial part needs no colours) no CLIP is loaded.
+    """
+
+    def __init__(self, model: str, colour_model: str | None, device: torch.device, dtype: str,
                  object_names: str | None = None, size: tuple[int, int] | None = None):
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
@@ -114,15 +128,8 @@ class Mask2FormerDetector:
         # Resized keeping the aspect, the shorter side to size[0] unless the longer would pass size[1].
         self.size = None if size is None else {"shortest_edge": size[0], "longest_edge": size[1]}
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model, dtype=self.dtype).to(device).eval()
-        config = self.model.config
-        if object_names is not None:
-            self.labels = [line.strip() for line in Path(object_names).read_text().splitlines() if line.strip()]
-            if len(self.labels) != config.num_labels:
-                raise DataError(f"{object_names} names {len(self.labels)} classes; the detector has "
-                                f"{config.num_labels}")
-        else:
-            self.labels = [GENEVAL_NAMES.get(config.id2label[i], config.id2label[i]) for i in range(config.num_labels)]
-        self.colours = ClipColours(colour_model, device, self.dtype)
+        self.labels = label_names(self.model.config, object_names)
+        self.colours = None if colour_model is None else ClipColours(colour_model, device, self.dtype)
 
     def check_classes(self, rows: Sequence[dict[str, Any]]) -> None:
         """Every class the prompts name must be one the detector can find."""
@@ -152,4 +159,6 @@ class Mask2FormerDetector:
         return found
 
     def classify_colours(self, image: Image.Image, detections: Sequence[Detection], label: str) -> list[str]:
+        if self.colours is None:
+            raise ValueError("this detector was loaded without a colour model")
         return self.colours(image, detections, label)
