@@ -73,7 +73,7 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="resolve and print the plan; load and train nothing"),
 ) -> None:
     """Run a recipe: (pretrain the reference), build pairs, train, evaluate."""
-    from prefopt.pipeline import print_plan, run_recipe
+    from prefopt.stages import run_recipe
 
     if resume and overwrite:
         raise PrefoptError("--resume continues the run in output_dir and --overwrite replaces it: pass one of them")
@@ -81,6 +81,7 @@ def run(
         raise PrefoptError("--checkpoint chooses where --resume starts: pass --resume too")
     registry, resolved = _load(recipe, overrides)
     if dry_run:
+        from prefopt.dry_run import print_plan
         from prefopt.requirements import check_requirements
 
         check_requirements(resolved, registry)  # run_recipe checks the same before it creates anything
@@ -198,10 +199,10 @@ def export(
 @pairs_app.command("build")
 def pairs_build(recipe: Path = RecipeArg, overrides: Optional[List[str]] = OverridesArg) -> None:
     """Build (or resume building) the recipe's pair dataset."""
-    from prefopt.pipeline import build_pairs_for
+    from prefopt.stages import build_recipe_pairs
 
     registry, resolved = _load(recipe, overrides)
-    build_pairs_for(resolved, registry)
+    build_recipe_pairs(resolved, registry)
 
 
 @pairs_app.command("preview")
@@ -233,7 +234,7 @@ def pairs_show(
     output: Optional[Path] = typer.Option(None, help="PNG path (default: DIR/pairs.png)"),
 ) -> None:
     """Write a PNG grid of decoded pairs with their prompts."""
-    from prefopt.pipeline import backbone_that_made, show_pairs
+    from prefopt.pair_grid import backbone_that_made, show_pairs
 
     if recipe is None:
         backbone = backbone_that_made(directory, _registry())

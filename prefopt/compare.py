@@ -110,7 +110,7 @@ def write_report(root: Path, metrics: list[str], rows: list[dict[str, str]], see
 def run_compare(resolved: ResolvedRecipe, registry, overwrite: bool = False) -> Path:
     """Every variant and seed, holding the comparison's directory throughout."""
     from prefopt.locking import hold
-    from prefopt.pipeline import process_state
+    from prefopt.accelerate_setup import process_state
 
     compare = resolved.recipe.compare
     if compare is None:
@@ -126,7 +126,7 @@ def run_compare(resolved: ResolvedRecipe, registry, overwrite: bool = False) -> 
 
 def _compare_held(resolved: ResolvedRecipe, registry, plans, root: Path) -> Path:
     from prefopt.evaluation import extend_compare_report
-    from prefopt.pipeline import pretrain_reference, run_recipe
+    from prefopt.stages import pretrain_reference, run_recipe
 
     compare = resolved.recipe.compare
 

@@ -1,0 +1,52 @@
+"""Image grids as PNG files: pair grids, evaluators' sample grids, comparison grids.
+
+One drawing routine for every grid of images prefopt writes, so they look
+alike and are all written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+from prefopt.atomic import write_atomic
+from prefopt.errors import file_errors
+
+
+def image_grid(rows: Sequence[Sequence[Any]], path: Path, *, row_labels: Sequence[str] = (),
+               column_titles: Sequence[str] = (), cell_titles: Sequence[Sequence[str]] = (),
+               cell_inches: tuple[float, float] = (2.2, 2.4), dpi: int = 120) -> Path:
+    """Write ``rows[r][c]`` (PIL images or arrays) as a grid; a short row leaves its last cells empty.
+
+    ``row_labels[r]`` is written left of row r, ``column_titles[c]`` above
+    column c (wrapped), ``cell_titles[r][c]`` above one cell.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = max([len(column_titles), *(len(row) for row in rows)])
+    fig, axes = plt.subplots(len(rows), columns, figsize=(cell_inches[0] * columns, cell_inches[1] * len(rows)),
+                             squeeze=False)
+    for r, images in enumerate(rows):
+        for c, ax in enumerate(axes[r]):
+            if c < len(images):
+                ax.imshow(images[c])
+            ax.set_xticks([])  # no ticks, but the frame and the row label stay
+            ax.set_yticks([])
+            if r < len(cell_titles) and c < len(cell_titles[r]):
+                ax.set_title(cell_titles[r][c], fontsize=7)
+            elif r == 0 and c < len(column_titles):
+                ax.set_title(textwrap.fill(column_titles[c], 24), fontsize=7)
+        if r < len(row_labels):
+            axes[r][0].set_ylabel(row_labels[r], fontsize=9)
+    fig.tight_layout()
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=dpi)
+    plt.close(fig)
+    with file_errors(path, "write"):
+        write_atomic(Path(path), image.getvalue())
+    return Path(path)

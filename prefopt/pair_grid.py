@@ -1,0 +1,39 @@
+"""``prefopt pairs show``: a pair dataset's first pairs decoded into a PNG grid, c beside c-."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefopt.checksums import read_json
+from prefopt.errors import DataError
+from prefopt.recipe import TrainConfig
+
+
+def backbone_that_made(directory: Path, registry):
+    """The backbone a pair dataset was built with, from its backbone.json."""
+    from prefopt.data.pairset import MADE_WITH
+
+    path = Path(directory) / MADE_WITH
+    if not path.is_file():
+        raise DataError(f"{directory} has no {MADE_WITH}; pass --recipe to say which backbone decodes it")
+    made_with = read_json(path, "pair dataset record")
+    if not isinstance(made_with, dict) or not {"backbone", "config"} <= set(made_with):
+        raise DataError(f"{path} is damaged (no backbone and config); pass --recipe to say which backbone decodes it")
+    cls = registry.get("backbone", made_with["backbone"], where=str(path))
+    return cls(cls.Config.model_validate(made_with["config"]))
+
+
+def show_pairs(backbone, directory: Path, count: int = 8, output: Path | None = None) -> Path:
+    """A PNG of the first ``count`` pairs: one row each, the winner under c and the loser under c-."""
+    from prefopt.accelerate_setup import load_backbone
+    from prefopt.data.pairset import PairDataset
+    from prefopt.figures import image_grid
+
+    accelerator = load_backbone(backbone, TrainConfig(), training=False)
+    dataset = PairDataset(directory, identity=backbone.identity())
+    n = min(count, len(dataset))
+    x0_w, x0_l, prompts, negatives = dataset.batch(range(n))
+    winners, losers = backbone.decode(x0_w.to(accelerator.device)), backbone.decode(x0_l.to(accelerator.device))
+    return image_grid([[winners[i], losers[i]] for i in range(n)], Path(output or Path(directory) / "pairs.png"),
+                      cell_titles=[[f"c: {prompts[i][:60]}", f"c-: {negatives[i][:60]}"] for i in range(n)],
+                      cell_inches=(3.0, 3.2), dpi=100)
