@@ -222,9 +222,9 @@ def run_bench(resolved: ResolvedRecipe, registry, steps: int, output: Path | Non
     """Time the fused and the naive training step (and pair generation); append the rows to ``output``."""
     import torch
 
+    from prefopt.accelerate_setup import load_backbone
     from prefopt.engine.naive_step import NaiveStep, naive_step_applies
     from prefopt.engine.trainer import Trainer
-    from prefopt.pipeline import make_accelerator, runtime_for, seed_everything
 
     recipe = resolved.recipe
     repetitions = max(steps, 1)
@@ -233,11 +233,9 @@ def run_bench(resolved: ResolvedRecipe, registry, steps: int, output: Path | Non
     total_steps = 4 + 2 * repetitions
     train_cfg = recipe.train.model_copy(update={
         "report_to": [], "validate_every": 0, "checkpoint_every": 0, "max_steps": total_steps})
-    accelerator = make_accelerator(train_cfg)
-    seed_everything(recipe.seed)
     backbone = registry.get("backbone", recipe.backbone.name)(resolved.config("backbone"))
     objective = registry.get("objective", recipe.objective.name)(resolved.config("objective"))
-    backbone.load(runtime_for(accelerator), objective.policies())
+    accelerator = load_backbone(backbone, train_cfg, seed=recipe.seed, policies=objective.policies())
     effective = train_cfg.batch_size * train_cfg.grad_accum * accelerator.num_processes
     scratch = Path(tempfile.mkdtemp(prefix="prefopt-bench-"))
     try:
