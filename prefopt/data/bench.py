@@ -169,15 +169,14 @@ def data_wait_share(directory: Path, backbone, objective, train, seed: int, step
 
 def run_data_bench(resolved: ResolvedRecipe, registry, *, pairs: int, steps: int, output: Path | None,
                    data_dir: Path | None, overrides: list[str] = ()) -> dict:
+    from prefopt.accelerate_setup import load_backbone
     from prefopt.bench import machine_description
-    from prefopt.pipeline import make_accelerator, runtime_for
 
     recipe = resolved.recipe
     train = recipe.train
-    accelerator = make_accelerator(train)
     backbone = registry.get("backbone", recipe.backbone.name)(resolved.config("backbone"))
     objective = registry.get("objective", recipe.objective.name)(resolved.config("objective"))
-    backbone.load(runtime_for(accelerator), objective.policies())
+    accelerator = load_backbone(backbone, train, policies=objective.policies())
     scratch = None
     if data_dir is None:
         scratch = Path(tempfile.mkdtemp(prefix="prefopt-bench-data-"))
