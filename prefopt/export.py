@@ -26,7 +26,7 @@ KOHYA_BASE_VERSION = {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 
 
 def _run_backbone(run_dir: Path, registry) -> tuple[dict, type]:
-    from prefopt.pipeline import RESOLVED
+    from prefopt.rundir import RESOLVED
 
     path = run_dir / RESOLVED
     if not path.is_file():
