@@ -177,7 +177,7 @@ def build_card(run_dir: Path, pipeline_class: str | None, pairs_dir: Path | None
     from diffusers.utils.hub_utils import populate_model_card
     from huggingface_hub import ModelCard, ModelCardData
 
-    from prefopt.pipeline import RESOLVED
+    from prefopt.rundir import RESOLVED
 
     run_dir = Path(run_dir)
     recipe_text = (run_dir / RESOLVED).read_text()
