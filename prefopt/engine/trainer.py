@@ -170,7 +170,7 @@ class Trainer:
         # turns that off; the scheduler is still prepared, so checkpoints carry it.
         if accelerator.step_scheduler_with_optimizer:
             raise PrefoptError("the accelerator must be made with step_scheduler_with_optimizer=False "
-                               "(prefopt.pipeline.make_accelerator)")
+                               "(prefopt.accelerate_setup.make_accelerator)")
         scheduler = make_scheduler(cfg, optimizer)
         self._configure_deepspeed()
         if cfg.validate_every and self.sharded():
