@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python - <<'PY'
 import torch
-from prefopt.pipeline import set_tf32
+from prefopt.accelerate_setup import set_tf32
 assert torch.cuda.is_available(), "no CUDA device"
 set_tf32(True)
 assert torch.backends.cuda.matmul.fp32_precision == "tf32"
