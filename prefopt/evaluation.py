@@ -543,9 +543,10 @@ def print_report(report: dict) -> None:
 def run_eval(resolved, registry, weights: Sequence[Path] = (), include_base: bool = True,
              output: Path | None = None) -> dict:
     """``prefopt eval``: the recipe's base model and trained weights, scored by every evaluator of the recipe."""
+    from prefopt.accelerate_setup import load_backbone, process_state
     from prefopt.locking import hold
-    from prefopt.pipeline import backbone_config_for, make_accelerator, process_state, runtime_for
     from prefopt.rundir import verify_final
+    from prefopt.stages import backbone_config_for
 
     recipe = resolved.recipe
     run_dir = Path(recipe.output_dir)
@@ -569,12 +570,10 @@ def run_eval(resolved, registry, weights: Sequence[Path] = (), include_base: boo
             verify_final(reference, repair=f"remove {reference.parent} (rm -r {reference.parent}) and run "
                                            f"`prefopt run {resolved.source} --overwrite`: it is trained anew")
         if state.is_main_process:  # other processes of an `accelerate launch` wait
-            accelerator = make_accelerator(recipe.train)
             backbone = registry.get("backbone", recipe.backbone.name)(backbone_config_for(resolved, reference))
             # A training checkpoint holds the trained module's whole state (LoRA adapters included): load the
             # backbone as for training so that module exists; final/ directories load either way.
-            checkpoints = any(is_checkpoint(path) for path in weights)
-            backbone.load(runtime_for(accelerator, train=checkpoints), {})
+            load_backbone(backbone, recipe.train, training=any(is_checkpoint(path) for path in weights))
             report = evaluate_models(backbone, evaluators, weights, output, include_base=include_base)
             print_report(report)
             print(f"evaluation written: {output / 'eval.json'}")
@@ -643,9 +642,9 @@ def compare_report(root: Path, runs: dict[str, list[Path]], evaluators: Sequence
         _bar_chart(panels, root / "metrics.png")
         lines += ["", "Means with 95% bootstrap intervals over every seed's images:", "", "![metrics](metrics.png)"]
     if grid:
-        from prefopt_evaluators.clip_scoring import draw_grid
+        from prefopt.figures import image_grid
 
-        draw_grid(grid, titles, root / "samples.png")
+        image_grid(list(grid.values()), root / "samples.png", row_labels=list(grid), column_titles=titles)
         lines += ["", "The same prompts and seeds across methods:", "", "![samples](samples.png)"]
     return lines
 
