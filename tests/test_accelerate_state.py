@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from accelerate.state import AcceleratorState, is_initialized
 
+from prefopt.accelerate_setup import make_accelerator
 from prefopt.errors import PrefoptError
-from prefopt.pipeline import make_accelerator
 from prefopt.recipe import TrainConfig
 
 

@@ -252,7 +252,7 @@ def test_prefopt_run_trains_and_final_loads_into_the_pipeline(tiny_flux, tmp_pat
     import yaml
     from helpers import metric_rows
 
-    from prefopt.pipeline import run_recipe
+    from prefopt.stages import run_recipe
     from prefopt.recipe import load_recipe
     from prefopt.registry import PluginRegistry
 

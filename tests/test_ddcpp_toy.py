@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from helpers import metric_rows, tiny_toy_recipe
 
-from prefopt.pipeline import run_recipe
+from prefopt.stages import run_recipe
 from prefopt.recipe import resolve
 from prefopt.registry import PluginRegistry
 

@@ -125,7 +125,7 @@ def test_a_text_pair_source_without_prompts_is_refused_up_front(tmp_path, comman
 
 def _run(recipe: Path, registry: PluginRegistry | None = None):
     """``prefopt run`` in this process (the CLI turns its PrefoptError into the one line)."""
-    from prefopt.pipeline import run_recipe
+    from prefopt.stages import run_recipe
     from prefopt.recipe import load_recipe
 
     registry = registry or PluginRegistry()

@@ -68,7 +68,7 @@ def test_word_shuffle_rows_follow_the_seed_convention(plugins):
 
 def test_backbone_trains_and_evaluator_scores_through_the_engine(plugins, tmp_path):
     from prefopt.errors import PrefoptError
-    from prefopt.pipeline import run_recipe
+    from prefopt.stages import run_recipe
     from prefopt.recipe import resolve
     from prefopt.registry import PluginRegistry
 

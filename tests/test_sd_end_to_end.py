@@ -15,7 +15,7 @@ import yaml
 from helpers import cli, metric_rows
 from tiny_models import SD_RESOLUTION
 
-from prefopt.pipeline import run_recipe
+from prefopt.stages import run_recipe
 from prefopt.recipe import load_recipe
 from prefopt.registry import PluginRegistry
 

@@ -31,7 +31,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP / De
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU machine runs FSDP")
 def test_fsdp_on_a_cpu_machine_is_refused(monkeypatch):
-    from prefopt.pipeline import make_accelerator
+    from prefopt.accelerate_setup import make_accelerator
     from prefopt.recipe import TrainConfig
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

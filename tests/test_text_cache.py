@@ -56,7 +56,7 @@ def test_cache_is_reused_when_the_prompts_are_the_same(tmp_path):
 
 
 def test_a_run_with_text_cache_trains_like_one_without(tmp_path):
-    from prefopt.pipeline import run_recipe
+    from prefopt.stages import run_recipe
     from prefopt.recipe import resolve
     from prefopt.registry import PluginRegistry
 
