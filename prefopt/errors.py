@@ -50,6 +50,11 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(module, extra) from exc
+    except Exception as exc:  # noqa: BLE001 - a broken install fails as it likes, e.g. a torchvision built for
+        # another torch raises RuntimeError("operator torchvision::nms does not exist") on import
+        raise PrefoptError(f"the optional package {module!r} is installed but fails to import "
+                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); reinstall it (and what it "
+                           f"imports, e.g. torchvision) for the installed torch") from None
 
 
 def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
