@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -80,3 +81,22 @@ def test_clip_fid_is_deterministic_batch_independent_and_reads_statistics(tiny_c
 def test_a_reference_is_required():
     with pytest.raises(ValidationError, match="reference_images, or reference_statistics for inception"):
         Fid.Config(prompts=["a"])
+
+
+def test_a_torch_fidelity_that_fails_to_import_is_one_line(tmp_path, monkeypatch):
+    """PyPI's torchvision beside a CPU-only torch raises RuntimeError (not ImportError) on import."""
+    from prefopt.errors import PrefoptError
+
+    package = tmp_path / "torch_fidelity"
+    package.mkdir()
+    (package / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms\\ndoes not exist")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "torch_fidelity" or m.startswith("torch_fidelity.")]:
+        monkeypatch.delitem(sys.modules, name)
+    evaluator = Fid(Fid.Config(prompts=["a"], reference_images=str(tmp_path)))
+    with pytest.raises(PrefoptError) as caught:
+        evaluator.load_scorer(torch.device("cpu"))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "'torch_fidelity.feature_extractor_inceptionv3' is installed but fails to import" in message
+    assert "RuntimeError: operator torchvision::nms does not exist" in message
