@@ -47,18 +47,19 @@ REUSABLE = ("pairs", "reference")
 BEFORE_FIRST_STEP = (RESOLVED, "run.json", "text_cache")
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict (a resolved recipe) as dotted keys; anything but a dict, lists included, is a value."""
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: data}
 
 
 def first_difference(old: dict, new: dict) -> str | None:
     """The first dotted field that differs and changes results, or None."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     for key in sorted(set(a) | set(b)):
         if any(key == f or key.startswith(f + ".") for f in NON_RESULT_FIELDS):
             continue

@@ -110,7 +110,7 @@ class ClipScore(ImageEvaluator):
         return [EvalRow(prompt, seed) for prompt, seed in self.rows()]
 
     def load_scorer(self, device):
-        from prefopt_evaluators.clip_scoring import ClipScorer
+        from prefopt_evaluators.clip_model import ClipScorer
 
         return ClipScorer(self.config.model, self.config.processor, device)
 
@@ -122,7 +122,7 @@ class ClipScore(ImageEvaluator):
         import numpy as np
         import torch
 
-        from prefopt_evaluators.clip_scoring import ClipScorer
+        from prefopt_evaluators.clip_model import ClipScorer
 
         cfg, run_dir = self.config, Path(run_dir)
         rows = self.rows()
@@ -161,7 +161,7 @@ class ClipScore(ImageEvaluator):
         return images
 
     def _write(self, run_dir: Path, rows, images: dict[str, list], scores: dict[str, Any]) -> None:
-        from prefopt_evaluators.clip_scoring import draw_grid
+        from prefopt.figures import image_grid
 
         prefix = self.config.prefix
         image_dir = run_dir / f"{prefix}_images"
@@ -182,7 +182,8 @@ class ClipScore(ImageEvaluator):
                       {LABELS_OF_RESULTS[s]: [image_dir / s / f"{i}.png" for i in range(len(rows))] for s in images})
         first = first_rows([prompt for prompt, _ in rows])
         grid = {LABELS[s]: [images[s][i] for i in first.values()] for s in (REFERENCE, STUDENT) if s in images}
-        draw_grid(grid, list(first), run_dir / f"{prefix}_samples.png")
+        image_grid(list(grid.values()), run_dir / f"{prefix}_samples.png", row_labels=list(grid),
+                   column_titles=list(first))
 
     def _read_run(self, run_dir: Path) -> tuple[list[str], dict[str, list]] | None:
         """(prompts, {source: the first image of each prompt}) from a run's outputs; None if it has none."""
@@ -203,7 +204,7 @@ class ClipScore(ImageEvaluator):
 
     def comparison_figure(self, runs: dict[str, Path], shared_dir: Path, path: Path) -> Path | None:
         """One row per variant (after the shared reference's row), one column per prompt."""
-        from prefopt_evaluators.clip_scoring import draw_grid
+        from prefopt.figures import image_grid
 
         titles, grid = None, {}
         for variant, run_dir in runs.items():
@@ -216,4 +217,6 @@ class ClipScore(ImageEvaluator):
             if REFERENCE in images and LABELS[REFERENCE] not in grid:
                 grid = {LABELS[REFERENCE]: images[REFERENCE], **grid}
             grid[variant] = images[STUDENT]
-        return draw_grid(grid, titles, Path(path)) if grid else None
+        if not grid:
+            return None
+        return image_grid(list(grid.values()), Path(path), row_labels=list(grid), column_titles=titles)

@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs, PluginConfig
+from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs
 from prefopt_objectives.prompt_rewrites import PromptDropout, RandomCondition, RandomConditionConfig, check_one_rewrite
-from prefopt_objectives.slots import REF_L_NEG, STUDENT_AND_REF, PairNoise, noise_field, target_errors
+from prefopt_objectives.shared_settings import NoiseAndDropout
+from prefopt_objectives.slots import REF_L_NEG, STUDENT_AND_REF, target_errors
 
 
 class DiffusionDPO(Objective):
@@ -23,7 +24,7 @@ class DiffusionDPO(Objective):
 
     name = "diffusion_dpo"
 
-    class Config(PluginConfig):
+    class Config(NoiseAndDropout):
         beta: float = Field(
             5000.0, gt=0, description="β in the logit −β/2·Δ (published SD1.5/SDXL: 5000; Eq. 4's β is half)"
         )
@@ -34,14 +35,6 @@ class DiffusionDPO(Objective):
             "none",
             description="per-pair loss weight over t: none (1) or linear (t_fraction; the official DDSPO code's "
             "--loss_weighting, which weights its Diffusion-DPO baseline too)",
-        )
-        noise: PairNoise = noise_field()
-        prompt_dropout: float = Field(
-            0.0,
-            ge=0,
-            lt=1,
-            description="share of pairs trained on the empty prompt, drawn per step "
-            "(Diffusion-DPO's --proportion_empty_prompts: 0.2)",
         )
         random_condition: RandomConditionConfig | None = Field(
             None,

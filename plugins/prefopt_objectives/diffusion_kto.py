@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs, PluginConfig
+from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs
 from prefopt_objectives.prompt_rewrites import PromptDropout
-from prefopt_objectives.slots import STUDENT_AND_REF, PairNoise, noise_field, target_errors
+from prefopt_objectives.shared_settings import NoiseAndDropout
+from prefopt_objectives.slots import STUDENT_AND_REF, target_errors
 
 
 class DiffusionKTO(Objective):
@@ -19,18 +20,10 @@ class DiffusionKTO(Objective):
 
     name = "diffusion_kto"
 
-    class Config(PluginConfig):
+    class Config(NoiseAndDropout):
         beta: float = Field(1000.0, gt=0, description="β in σ(±β(g − KL)) (published SD1.5: 1000)")
         lambda_desirable: float = Field(1.0, gt=0, description="λ_D: weight of desirable (winner) samples")
         lambda_undesirable: float = Field(1.0, gt=0, description="λ_U: weight of undesirable (loser) samples")
-        noise: PairNoise = noise_field()
-        prompt_dropout: float = Field(
-            0.0,
-            ge=0,
-            lt=1,
-            description="share of pairs trained on the empty prompt, drawn per step "
-            "(the Diffusion-KTO script's --proportion_empty_prompts: 0.2)",
-        )
 
     def predictions(self):
         return STUDENT_AND_REF

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 from pydantic import Field
 
 from prefopt.api import RECIPE_PATH
+from prefopt.data.saved_datasets import is_saved_dataset, load_saved_split
 from prefopt.errors import DataError, require
 from prefopt.interfaces import PairSource, PluginConfig, PromptPair
 from prefopt_pairs.common import row_seed
@@ -62,20 +63,12 @@ def _parquet_rows(path: Path, split: str) -> Iterator[dict[str, Any]]:
 def _saved_dataset_rows(path: Path, split: str) -> Iterator[dict[str, Any]]:
     """Rows of a ``datasets`` save_to_disk directory, images left undecoded (as bytes)."""
     datasets = require("datasets", "data")
-    dataset = datasets.load_from_disk(str(path))
-    if isinstance(dataset, datasets.DatasetDict):
-        if split not in dataset:
-            raise DataError(f"{path} has no split {split!r} (available: {', '.join(dataset)})")
-        dataset = dataset[split]
+    dataset = load_saved_split(path, split)
     _check_columns(dataset.column_names, path)
     for column in ("jpg_0", "jpg_1"):
         if isinstance(dataset.features[column], datasets.Image):
             dataset = dataset.cast_column(column, datasets.Image(decode=False))
     yield from dataset.select_columns(list(COLUMNS))
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json"))
 
 
 def _image_bytes(cell: Any, where: Path) -> bytes:
@@ -143,6 +136,6 @@ class PickAPic(PairSource):
     def _records(self, path: Path) -> Iterator[dict[str, Any]]:
         if not path.exists():
             raise DataError(f"Pick-a-Pic data not found: {path}")
-        if _is_saved_dataset(path):
+        if is_saved_dataset(path):
             return _saved_dataset_rows(path, self.config.split)
         return _parquet_rows(path, self.config.split)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from prefopt.data.jsonl import jsonl_objects
+from prefopt.data.saved_datasets import is_saved_dataset, load_saved_split
 from prefopt.errors import DataError, describe_os_error, require
 from prefopt.recipe import PromptsConfig
 
@@ -81,13 +82,7 @@ def _dataset_column(dataset: Any, column: str, where: object) -> list[Any]:
 
 def _read_saved_dataset(path: Path, config: PromptsConfig) -> list[Any]:
     """A ``save_to_disk`` directory: a Dataset, or a DatasetDict from which ``split`` is taken."""
-    datasets = require("datasets", "data")
-    dataset = datasets.load_from_disk(str(path))
-    if isinstance(dataset, datasets.DatasetDict):
-        if config.split not in dataset:
-            raise DataError(f"{path} has no split {config.split!r} (available: {', '.join(dataset)})")
-        dataset = dataset[config.split]
-    return _dataset_column(dataset, config.column, path)
+    return _dataset_column(load_saved_split(path, config.split), config.column, path)
 
 
 def _read_with_load_dataset(source: str, config: PromptsConfig) -> list[Any]:
@@ -106,8 +101,8 @@ def _read_values(config: PromptsConfig, base_dir: Path | None) -> tuple[list[Any
     if base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / path
     if path.is_dir():
-        is_saved = any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json"))
-        values = _read_saved_dataset(path, config) if is_saved else _read_with_load_dataset(str(path), config)
+        saved = is_saved_dataset(path)
+        values = _read_saved_dataset(path, config) if saved else _read_with_load_dataset(str(path), config)
         return values, str(path)
     if path.is_file():
         reader = READERS.get(path.suffix.lower())

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.atomic import write_atomic
+from prefopt.checksums import read_json
 from prefopt.errors import PrefoptError, require
+from prefopt.rundir import flatten
 
 # tracker name -> (the module it needs, the prefopt extra that installs it)
 PACKAGES = {
@@ -29,16 +31,10 @@ RECORD = "trackers.json"  # the tracker run ids a resume reopens
 TENSORBOARD_DIR = "tensorboard"
 
 
-def flat_config(data: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested recipe as dotted keys with scalar values (TensorBoard's hparams take nothing else)."""
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(flat_config(value, f"{prefix}{key}."))
-        return out
-    if isinstance(data, (list, tuple)):
-        return {prefix[:-1]: json.dumps(data)}
-    return {prefix[:-1]: data}
+def flat_config(data: Any) -> dict[str, Any]:
+    """A nested recipe as dotted keys with scalar values (TensorBoard's hparams take nothing else): lists as JSON."""
+    return {key: json.dumps(value) if isinstance(value, (list, tuple)) else value
+            for key, value in flatten(data).items()}
 
 
 def check_installed(names) -> None:
@@ -59,7 +55,10 @@ class Tracking:
         check_installed(names)
         record_path = self.run_dir / RECORD
         resuming = start_step > 0
-        ids = json.loads(record_path.read_text()) if resuming and record_path.is_file() else {}
+        ids = read_json(record_path, "tracker record") if resuming and record_path.is_file() else {}
+        if not isinstance(ids, dict):
+            raise PrefoptError(f"tracker record {record_path} is damaged (not an object); delete it to start "
+                               "new tracker runs")
         for name in names:
             tracker = self._make(name, start_step, ids.get(name))
             try:

@@ -1,4 +1,4 @@
-"""The heavy half of the ``clip_score`` evaluator: CLIP scoring and image grids.
+"""The CLIP model behind the ``clip_score`` evaluator: image and text embeddings, scored by their cosine.
 
 Kept apart from ``clip_score`` because it imports torch at module top, and
 ``prefopt validate`` imports every evaluator's module to read its Config.
@@ -6,8 +6,6 @@ Kept apart from ``clip_score`` because it imports torch at module top, and
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -54,26 +52,3 @@ class ClipScorer:
         image = torch.cat([self._image_features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
         cosine = (image * row_text).sum(dim=-1)
         return (scale * cosine.clamp(min=0)).cpu().tolist()
-
-
-def draw_grid(rows: dict[str, Sequence[Image.Image]], titles: Sequence[str], path: Path) -> Path:
-    """Images in a grid: one row per label (written on its left), one column per title (written on top)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), len(titles), figsize=(2.2 * len(titles), 2.4 * len(rows)), squeeze=False)
-    for r, (label, images) in enumerate(rows.items()):
-        for c, ax in enumerate(axes[r]):
-            if c < len(images):
-                ax.imshow(images[c])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(textwrap.fill(titles[c], 24), fontsize=7)
-        axes[r][0].set_ylabel(label, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
