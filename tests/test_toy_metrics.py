@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from prefopt_backbones.toy2d_task import ToyLayout
+from prefopt.toy2d_world import ToyLayout
 from prefopt_evaluators.toy2d_metrics import mode_accuracy, separation, sliced_wasserstein
 
 LAYOUT = ToyLayout(num_conditions=4, radius=4.0, std=0.25)  # centres (4,0), (0,4), (-4,0), (0,-4)

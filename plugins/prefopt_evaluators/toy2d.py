@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field
 
 from prefopt.interfaces import REFERENCE, STUDENT, Evaluator, PluginConfig
-from prefopt_backbones.toy2d_task import ToyLayout
+from prefopt.toy2d_world import ToyLayout
 
 
 def read_samples(path: Path):

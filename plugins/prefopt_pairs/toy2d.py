@@ -13,7 +13,7 @@ from typing import Sequence
 from pydantic import Field
 
 from prefopt.interfaces import PairSource, PluginConfig, PromptPair
-from prefopt_backbones.toy2d_task import ToyLayout
+from prefopt.toy2d_world import ToyLayout
 
 
 class Toy2DPoints(PairSource):

@@ -3,6 +3,10 @@
 Modes sit evenly on a circle, so every condition has two neighbours. The noisy
 training set mimics imperfect supervision: a share of each condition's points
 is drawn from a neighbouring mode instead of its own. Pure numpy.
+
+The toy's pair sources (``prefopt_pairs.toy2d``) and its evaluator
+(``prefopt_evaluators.toy2d``) both draw from this world, so it lives here,
+where neither has to import the other's (or the backbone's) package.
 """
 
 from __future__ import annotations
