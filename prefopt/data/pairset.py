@@ -44,7 +44,6 @@ MADE_WITH = "backbone.json"
 METADATA = "metadata.jsonl"
 # Header fields whose hash is the dataset id: what the data was made from.
 IDENTITY_FIELDS = ("format", "backbone", "pairs", "shard_size", "latent_dtype")
-LATENT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def shard_stem(index: int) -> str:
