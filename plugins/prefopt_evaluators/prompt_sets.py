@@ -63,8 +63,8 @@ def load_prompt_set(config: PromptsConfig) -> list[str]:
     return select_prompts(_clean(values), config, str(path))
 
 
-class PromptSetConfig(PluginConfig):
-    """Which prompts, how many images each, their seeds, and how images are drawn and scored."""
+class PromptChoice(PluginConfig):
+    """Which prompts an evaluator draws, how many images each, their seeds, and how many at a time."""
 
     prompts: list[str] = Field(default_factory=list, description="evaluation prompts (or prompts_file)")
     prompts_file: PromptsConfig | None = Field(
@@ -74,10 +74,6 @@ class PromptSetConfig(PluginConfig):
     images_per_prompt: int = Field(1, ge=1, description="images drawn per prompt, each with its own seed")
     seed: int = Field(1234, description="sampling seed; the same for every method compared")
     batch_size: int = Field(4, ge=1, description="images per sampling call and per scorer forward")
-    num_inference_steps: int | None = Field(None, ge=1, description="sampling steps (null: the backbone's)")
-    guidance_scale: float | None = Field(None, ge=0, description="CFG scale (null: the backbone's)")
-    dtype: str = Field("float32", pattern="^(float32|float16|bfloat16)$", description="scorer weights")
-    compare_reference: bool = Field(True, description="also score the reference's images and report the win rate")
 
     @field_validator("prompts_file", mode="before")
     @classmethod
@@ -86,8 +82,17 @@ class PromptSetConfig(PluginConfig):
         return {"path": value} if isinstance(value, str) else value
 
 
+class PromptSetConfig(PromptChoice):
+    """Which prompts, how many images each, their seeds, and how images are drawn and scored."""
+
+    num_inference_steps: int | None = Field(None, ge=1, description="sampling steps (null: the backbone's)")
+    guidance_scale: float | None = Field(None, ge=0, description="CFG scale (null: the backbone's)")
+    dtype: str = Field("float32", pattern="^(float32|float16|bfloat16)$", description="scorer weights")
+    compare_reference: bool = Field(True, description="also score the reference's images and report the win rate")
+
+
 class PromptSetEvaluator(ImageEvaluator):
-    """An image evaluator over a prompt set (PromptSetConfig); subclasses give load_scorer() and score()."""
+    """An image evaluator over a prompt set (a PromptChoice Config); subclasses give load_scorer() and score()."""
 
     def prompts(self) -> list[str]:
         cfg = self.config
