@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from prefopt.atomic import write_atomic
-from prefopt.evaluation import SEED_STRIDE, EvalRow, ImageEvaluator, Scores, write_records
-from prefopt.interfaces import REFERENCE, STUDENT, PluginConfig
-from prefopt.recipe import PromptsConfig
+from prefopt.evaluation import EvalRow, Scores, write_records
+from prefopt.interfaces import REFERENCE, STUDENT
+from prefopt_evaluators.prompt_sets import PromptChoice, PromptSetEvaluator
 
 DEFAULT_PROMPTS = [
     # GenEval-style: colours, counts, positions and attribute binding, plus two open scenes.
@@ -38,7 +38,7 @@ def first_rows(prompts: list[str]) -> dict[str, int]:
     return first
 
 
-class ClipScore(ImageEvaluator):
+class ClipScore(PromptSetEvaluator):
     """CLIP score of the student's images against their prompts, and its win rate over the reference.
 
     Each prompt is drawn ``images_per_prompt`` times, every (prompt, image)
@@ -68,46 +68,23 @@ class ClipScore(ImageEvaluator):
 
     name = "clip_score"
 
-    class Config(PluginConfig):
+    class Config(PromptChoice):
+        # The prompt choice of every prompt-set evaluator, with CLIP score's own defaults.
+        prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1,
+                                   description="evaluation prompts (or prompts_file)")
+        images_per_prompt: int = Field(2, ge=1, description="images drawn per prompt, each with its own seed")
         model: str = Field("openai/clip-vit-large-patch14", description="CLIP model: hub id or local directory")
         processor: str | None = Field(None, description="CLIP processor: hub id or local directory (None: model's)")
         # Not `name`: in a recipe, a component's `name` picks the plugin.
         prefix: str = Field("clip", pattern=r"^[A-Za-z0-9_.-]+$",
                             description="metric prefix (<prefix>/score ...) and output file prefix; e.g. pickscore")
-        prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1,
-                                   description="evaluation prompts")
-        prompts_file: PromptsConfig | None = Field(
-            None, description="when set, the prompts are read from this file instead (a path, or {path, column, "
-                              "max_count, ...}): any prompt "
-                              "file, PartiPrompts .tsv (column: Prompt), HPSv2 JSON lists, COCO captions .json")
-        images_per_prompt: int = Field(2, ge=1, description="images drawn per prompt, each with its own seed")
-        seed: int = Field(1234, description="sampling seed; the same for every method compared")
-        batch_size: int = Field(4, ge=1, description="images per sampling call and per CLIP forward")
         scale: float = Field(100.0, gt=0, description="score = scale × max(cosine, 0)")
         compare_reference: bool = Field(True, description="also score the reference's images and report the "
                                                           "student's win rate")
 
-        @field_validator("prompts_file", mode="before")
-        @classmethod
-        def _path_alone(cls, value: Any) -> Any:
-            # `prompts_file: eval.txt` is short for `prompts_file: {path: eval.txt}`.
-            return {"path": value} if isinstance(value, str) else value
-
-    def prompts(self) -> list[str]:
-        if self.config.prompts_file is None:
-            return list(self.config.prompts)
-        from prefopt_evaluators.prompt_sets import load_prompt_set
-
-        return load_prompt_set(self.config.prompts_file)
-
     def rows(self) -> list[tuple[str, int]]:
         """(prompt, seed) per image, prompt-major: row k·n + j is image j of prompt k."""
-        n = self.config.images_per_prompt
-        prompts = [prompt for prompt in self.prompts() for _ in range(n)]
-        return [(prompt, self.config.seed * SEED_STRIDE + i) for i, prompt in enumerate(prompts)]
-
-    def eval_rows(self) -> list[EvalRow]:
-        return [EvalRow(prompt, seed) for prompt, seed in self.rows()]
+        return [(row.prompt, row.seed) for row in self.eval_rows()]
 
     def load_scorer(self, device):
         from prefopt_evaluators.clip_model import ClipScorer
