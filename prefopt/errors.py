@@ -45,16 +45,19 @@ class MissingDependencyError(PrefoptError):
 def require(module: str, extra: str):
     """Import an optional dependency or fail naming the extra that provides it."""
     import importlib
+    import importlib.util
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(module, extra) from exc
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            raise MissingDependencyError(module, extra) from exc
+        broken: Exception = exc  # installed, but what it imports is missing or of another version
     except Exception as exc:  # noqa: BLE001 - a broken install fails as it likes, e.g. a torchvision built for
-        # another torch raises RuntimeError("operator torchvision::nms does not exist") on import
-        raise PrefoptError(f"the optional package {module!r} is installed but fails to import "
-                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); reinstall it (and what it "
-                           f"imports, e.g. torchvision) for the installed torch") from None
+        broken = exc  # another torch raises RuntimeError("operator torchvision::nms does not exist") on import
+    raise PrefoptError(f"the optional package {module!r} is installed but fails to import "
+                       f"({type(broken).__name__}: {' '.join(str(broken).split())[:200]}); install versions of it "
+                       f"and of what it imports (torchvision, transformers) that match this environment") from None
 
 
 def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
