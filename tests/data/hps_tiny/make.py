@@ -37,7 +37,6 @@ import open_clip
 import torch
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
 from safetensors.torch import save_file
 from torchvision import transforms as T
 
