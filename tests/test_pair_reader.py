@@ -164,6 +164,32 @@ def test_close_stops_the_workers_even_while_the_iterator_is_referenced(tmp_path,
     del kept
 
 
+def test_a_loader_dropped_in_a_reference_cycle_stops_its_workers(tmp_path, toy):
+    """torch's own shutdown fails silently there, and the orphaned worker then held up exit."""
+    import gc
+    import multiprocessing
+    import time
+
+    dataset = build(tmp_path, toy, rows())
+
+    def fail_inside():
+        loader = BatchLoader(dataset, EpochSampler(len(dataset), seed=0), batch_size=4, grad_accum=1, rank=0,
+                             world=1, start=0, max_steps=3, workers=1)
+        loader.batch(0, 0)
+        try:
+            raise DataError("a run that failed")
+        except DataError as exc:
+            loader.failure = exc  # loader -> exception -> traceback -> this frame -> loader
+
+    fail_inside()
+    assert multiprocessing.active_children()
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
+
+
 def test_a_damaged_row_read_by_a_worker_is_one_data_error(tmp_path, toy):
     dataset = build(tmp_path, toy, rows())
     path = tensor_path(tmp_path, 2)

@@ -13,6 +13,7 @@ with workers, without them, or resumed part way reads exactly the same rows.
 from __future__ import annotations
 
 import atexit
+import multiprocessing.util  # noqa: F401  (registers its exit hook before ours: see _stop_all_workers)
 import os
 import signal
 import weakref
@@ -113,6 +114,7 @@ class BatchLoader:
             worker_init_fn=_init_worker,
         )
         self._batches: Iterator | None = None
+        self._stop_workers: weakref.finalize | None = None
 
     def batch(self, step: int, micro: int):
         """x0_w, x0_l, prompts, negatives of this micro-step.
@@ -123,7 +125,7 @@ class BatchLoader:
         if self._batches is None:
             self._batches = iter(self._loader)
             if self._loader.num_workers:
-                _live_iterators.add(self._batches)
+                self._stop_workers = _stop_when_dropped(self, self._batches)
         while True:
             got_step, got_micro, batch = next(self._batches)
             if (got_step, got_micro) >= (step, micro):
@@ -135,31 +137,49 @@ class BatchLoader:
         return tuple(batch)  # the DataLoader hands sequences back as lists
 
     def close(self) -> None:
-        """Stop the workers now, not whenever the iterator is collected."""
-        batches, self._batches = self._batches, None
-        if batches is not None:
-            _stop_workers(batches)
+        """Stop the workers now."""
+        if self._stop_workers is not None:
+            self._stop_workers()
+        self._batches = self._stop_workers = None
 
 
-def _stop_workers(batches) -> None:
-    """Tell the iterator's workers to finish and join them.
+# Stopping workers, and why torch's own shutdown is not enough here.
+#
+# Workers ignore SIGTERM (see _init_worker), so they end only when asked (``None`` on
+# their index queue) or when their parent is gone. torch asks in the iterator's
+# ``__del__``, which fails silently when the iterator dies in a reference cycle (an
+# exception's traceback makes one easily): the cycle's multiprocessing queues are
+# finalized first. The worker then outlives its iterator, and at exit multiprocessing's
+# hook, which terminates daemonic children and joins them, waits on it forever (stop
+# 17's CI sat 75 minutes after its last test). So each loader holds a finalizer with a
+# strong reference to its iterator: the iterator is never cyclic garbage, and the
+# finalizer asks the workers to end when the loader is dropped, closed, or at exit.
 
-    ``_shutdown_workers`` is what the iterator's own ``__del__`` calls; torch has no
-    public way to stop workers while something still holds the iterator.
-    """
-    if hasattr(batches, "_shutdown_workers"):
-        batches._shutdown_workers()
-
-
-# Iterators whose workers may still run. Workers ignore SIGTERM (see _init_worker), and at
-# exit multiprocessing terminates daemonic children and then joins them: an iterator still
-# alive then (an exception's traceback can keep one) would leave that join waiting forever.
-# atexit runs hooks last-registered first, so this one runs before multiprocessing's and
-# before torch marks the interpreter as exiting (after which _shutdown_workers does nothing).
-_live_iterators: weakref.WeakSet = weakref.WeakSet()
+_running: dict[int, weakref.finalize] = {}  # id(loader) -> its finalizer, while its workers may run
 
 
+def _stop_when_dropped(loader: BatchLoader, batches) -> weakref.finalize:
+    stop = weakref.finalize(loader, _stop_workers, batches, id(loader))
+    stop.atexit = False  # run by _stop_all_workers, whose place among the exit hooks is known
+    _running[id(loader)] = stop
+    return stop
+
+
+def _stop_workers(batches, key: int) -> None:
+    """Ask the iterator's workers to finish, as torch does, and let torch join them."""
+    _running.pop(key, None)
+    # torch's _shutdown_workers does nothing once its own exit hook has run (the order of
+    # exit hooks depends on import order), so the request is made here first; a second
+    # None from _shutdown_workers is never read.
+    batches._workers_done_event.set()
+    for queue in batches._index_queues:
+        queue.put(None)
+    batches._shutdown_workers()
+
+
+# atexit runs hooks last-registered first; multiprocessing.util is imported above, so
+# this runs before multiprocessing's join.
 @atexit.register
-def _stop_live_workers() -> None:
-    for batches in list(_live_iterators):
-        _stop_workers(batches)
+def _stop_all_workers() -> None:
+    for stop in list(_running.values()):
+        stop()
