@@ -1,4 +1,4 @@
-"""The ``fid`` evaluator: the Fréchet distance and CLIP-FID on the tiny CLIP."""
+"""The ``fid`` evaluator: the Fréchet distance, CLIP-FID on the tiny CLIP, and FID/IS on torch-fidelity's Inception."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def inception_weights(tmp_path_factory):
     torch.manual_seed(0)
     for module in network.modules():
         if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")  # keeps the scale through 90 ReLUs
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")  # keeps the activations' scale through its ReLUs
     torch.nn.init.normal_(network.fc.weight, std=0.5)  # logits of about ±5: p(y|x) neither flat nor one-hot
     path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
     torch.save(network.state_dict(), path)
