@@ -12,7 +12,7 @@ laion ViT-H/14 hub model is), and must give open_clip's numbers.
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,10 @@ from prefopt.evaluation import EvalRow, score_images
 from prefopt_evaluators.preference_scores import HPSv2
 
 DATA = Path(__file__).parent / "data" / "hps_tiny"
-sys.path.insert(0, str(DATA))
-import spec  # noqa: E402
+# The shapes, prompts and images that make.py used, read from beside the data (not an importable package).
+_loader = importlib.util.spec_from_file_location("hps_tiny_spec", DATA / "spec.py")
+spec = importlib.util.module_from_spec(_loader)
+_loader.loader.exec_module(spec)
 
 CHECKPOINT = DATA / "HPS_tiny_compressed.pt"
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +39,10 @@ import torchvision
 from safetensors.torch import save_file
 from torchvision import transforms as T
 
+from spec import (CONTEXT_LENGTH, EMBED_DIM, IMAGE_FILES, IMAGE_SIZE, MEAN, PROMPTS, STD, TEXT_LAYERS, TEXT_WIDTH,
+                  VISION_HEAD_WIDTH, VISION_LAYERS, VISION_PATCH, VISION_WIDTH, WORDS, bpe_merges, images, make_images)
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from spec import (CONTEXT_LENGTH, EMBED_DIM, IMAGE_SIZE, MEAN, PROMPTS, STD, TEXT_LAYERS, TEXT_WIDTH,  # noqa: E402
-                  VISION_HEAD_WIDTH, VISION_LAYERS, VISION_PATCH, VISION_WIDTH, WORDS, IMAGE_FILES, bpe_merges,
-                  images, make_images)
 
 
 def main() -> None:
