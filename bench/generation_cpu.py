@@ -1,6 +1,6 @@
 """A/B of pair-generation variants on one pipeline, interleaved in one process.
 
-    python bench/generation_cpu.py PIPELINE_DIR [--reps 5] [--pairs 16] [--steps 25] [--compile]
+    python bench/generation_cpu.py PIPELINE_DIR [--reps 5] [--pairs 16] [--steps 25] [--compile regional whole frozen]
 
 Samples one chunk of ``--pairs`` pairs (winner and loser prompt of each row side by side, the same seed,
 CFG 7.5, as ``prefopt pairs build`` does with ``pairs.sample_batch_size=--pairs``) through SD's
@@ -12,9 +12,11 @@ diffusers pipeline on the reference UNet, in these variants, one after the other
   empty prompt's embedding repeated), so a call runs no text encoder;
 - ``inference_mode``: ``prompts`` under torch.inference_mode instead of the pipeline's no_grad;
 - ``chunk x2``: two chunks' worth of pairs in one call (images/s per image);
-- ``compiled`` (with ``--compile``): ``prompts`` on a second copy of the pipeline whose UNet's repeated
-  blocks are compiled (train.compile's regional compilation, inductor); its first call, which compiles,
-  is timed on its own.
+- ``compiled <kind>`` (with ``--compile KIND...``): ``prompts`` on another copy of the pipeline whose
+  reference UNet is compiled with inductor: ``regional`` (train.compile's regional compilation of the
+  repeated blocks), ``whole`` (the whole UNet) or ``frozen`` (the whole UNet with inductor's
+  ``freezing``: weights folded in as constants and prepacked for the CPU's kernels, valid only while
+  they do not change); each one's first call, which compiles, is timed on its own.
 
 Prints each variant's median images/s and its ratio to ``prompts``, the machine's load average, and the
 largest difference of each variant's latents from ``prompts``'s.
@@ -37,7 +39,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", nargs="*", default=[], choices=["regional", "whole", "frozen"])
     args = parser.parse_args()
 
     from prefopt.interfaces import Runtime
@@ -83,16 +85,20 @@ def main() -> None:
     }
     images = {name: 2 * args.pairs for name in variants}
     images["chunk x2"] = 4 * args.pairs
-    if args.compile:
+    for kind in args.compile:
         from prefopt.engine.speed import compile_repeated_blocks
 
         compiled = load()
-        compile_repeated_blocks(compiled._reference_host())
+        unet = compiled._reference_host()
+        if kind == "regional":
+            compile_repeated_blocks(unet)
+        else:
+            unet.compile(options={"freezing": kind == "frozen"})
         began = time.perf_counter()
         compiled.sample(prompts[one], seeds[one])
-        print(f"compiled: first call (compiles) {time.perf_counter() - began:.1f} s")
-        variants["compiled"] = lambda: compiled.sample(prompts[one], seeds[one])
-        images["compiled"] = 2 * args.pairs
+        print(f"compiled {kind}: first call (compiles) {time.perf_counter() - began:.1f} s", flush=True)
+        variants[f"compiled {kind}"] = lambda compiled=compiled: compiled.sample(prompts[one], seeds[one])
+        images[f"compiled {kind}"] = 2 * args.pairs
 
     latents = {name: fn() for name, fn in variants.items()}  # warm-up, and each variant's result
     seconds = {name: [] for name in variants}
