@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("sklearn")
 
@@ -129,7 +130,14 @@ def test_every_prompt_tokenizes_without_unknown_words_within_the_context():
 # ---------------------------------------------------------------- detector and scorer
 
 def test_detector_classifies_digits_it_never_saw():
-    assert detector.accuracy(detector.load()) >= 0.98
+    ensemble = detector.load()
+    assert len(ensemble.members) == len(detector.ENSEMBLE_SEEDS)
+    assert detector.accuracy(ensemble) >= 0.99  # measured 0.993; its members alone 0.988-0.991
+    images, labels = world.digits("generator")
+    with torch.no_grad():
+        sure, predicted = ensemble(torch.from_numpy(images)).softmax(dim=1).max(dim=1)
+    # Counting needs each digit read right with confidence > 0.9: measured 0.980 (members 0.970-0.981).
+    assert ((predicted.numpy() == labels) & (sure.numpy() > 0.9)).mean() >= 0.975
 
 
 def _judged(rows: list[dict], scenes: list[np.ndarray]) -> list[bool]:
@@ -139,12 +147,11 @@ def _judged(rows: list[dict], scenes: list[np.ndarray]) -> list[bool]:
 
 def test_scorer_accepts_freshly_composed_ground_truth_scenes():
     rng = np.random.default_rng(1)
-    rows = [row for row in shipped("eval.jsonl") + shipped("train.jsonl") for _ in range(2)]
+    rows = [row for row in shipped("eval.jsonl") + shipped("train.jsonl") for _ in range(4)]
     scenes = [world.compose(world.scene_for(row, rng), rng) for row in rows]
     scores = tag_scores([r["tag"] for r in rows], _judged(rows, scenes))
-    # Measured 0.969 (counting 0.92: every one of up to four digits must be read right and
-    # surely); the 0.98 is not reached, see docs/digits.md.
-    assert scores["overall"] >= 0.96, scores
+    # Counting is the hardest (every one of up to four digits read right, each with confidence > 0.9).
+    assert scores["overall"] >= 0.975, scores
     assert min(scores.values()) >= 0.9, scores
 
 

@@ -2,8 +2,9 @@
 
 Each 8×8 cell with enough ink is one candidate object. Its ink (the
 per-pixel maximum over RGB, so every tint reads alike) is classified by a
-small torch CNN trained on the ``held_out`` half of the source digits only,
-so the scenes it judges are composed from handwriting it never saw. A
+small torch CNN ensemble (five nets of different seeds, logits averaged)
+trained on the ``held_out`` half of the source digits only, so the scenes it
+judges are composed from handwriting it never saw. A
 detection carries the class, the softmax confidence, the tight box of the
 ink, and the colour named from the pixels (the ink-weighted mean RGB,
 scaled to its brightest channel, nearest of the world's colours). GenEval's
@@ -28,7 +29,7 @@ from prefopt_evaluators.geneval_rules import Detection
 WEIGHTS = Path(__file__).with_name("detector.safetensors")
 INK_THRESHOLD = 0.25  # a pixel is ink when its brightest channel exceeds this
 MIN_INK = 3.0  # a cell holds an object when its summed ink exceeds this (a digit has ~20)
-TRAIN_SEED = 0
+ENSEMBLE_SEEDS = (0, 1, 2, 3, 4)  # one DigitNet per seed; one net alone misread 1.1% of unseen digits
 
 
 class DigitNet(nn.Module):
@@ -65,7 +66,33 @@ def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (shifted * scale + noise).clamp(0, 1)
 
 
-def train(epochs: int = 100, seed: int = TRAIN_SEED) -> DigitNet:
+class DigitEnsemble(nn.Module):
+    """DigitNets trained alike from different seeds, combined by their mean logit.
+
+    The softmax of the mean logit is the members' normalised geometric mean
+    probability (a product of experts): a class is sure only where the members
+    agree. On the 898 unseen digits the five nets misread 0.7% (one net: 0.9-1.2%)
+    and are sure (softmax > 0.9, the counting bar) and right on 98.0% (one net:
+    97.0-98.1%); the arithmetic mean of their probabilities was as accurate but
+    sure of fewer (96.9%), which failed counting scenes (docs/digits.md).
+    """
+
+    def __init__(self, members: int = len(ENSEMBLE_SEEDS)):
+        super().__init__()
+        self.members = nn.ModuleList(DigitNet() for _ in range(members))
+
+    def forward(self, ink: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(ink) for net in self.members]).mean(dim=0)
+
+
+def train_ensemble(seeds=ENSEMBLE_SEEDS, epochs: int = 100) -> DigitEnsemble:
+    ensemble = DigitEnsemble(len(seeds))
+    for slot, seed in enumerate(seeds):
+        ensemble.members[slot] = train(epochs, seed)
+    return ensemble.eval()
+
+
+def train(epochs: int = 100, seed: int = ENSEMBLE_SEEDS[0]) -> DigitNet:
     """A DigitNet trained on the held-out half of the source digits."""
     images, labels = digits("held_out")
     x, y = torch.from_numpy(images), torch.from_numpy(labels).long()
@@ -87,7 +114,7 @@ def train(epochs: int = 100, seed: int = TRAIN_SEED) -> DigitNet:
     return net.eval()
 
 
-def accuracy(net: DigitNet) -> float:
+def accuracy(net: nn.Module) -> float:
     """Share of the generator half (digits the detector never saw) classified right."""
     images, labels = digits("generator")
     with torch.no_grad():
@@ -96,11 +123,12 @@ def accuracy(net: DigitNet) -> float:
 
 
 @lru_cache(maxsize=1)
-def load(path: str = str(WEIGHTS)) -> DigitNet:
+def load(path: str = str(WEIGHTS)) -> DigitEnsemble:
     from safetensors.torch import load_file
 
-    net = DigitNet()
-    net.load_state_dict(load_file(path))
+    state = load_file(path)
+    net = DigitEnsemble(len({key.split(".")[1] for key in state}))
+    net.load_state_dict(state)
     return net.eval()
 
 
@@ -126,7 +154,7 @@ def as_canvas(image) -> np.ndarray:
     return np.clip(array.astype(np.float32), 0.0, 1.0)
 
 
-def detect_batch(images, net: DigitNet | None = None) -> list[list[Detection]]:
+def detect_batch(images, net: nn.Module | None = None) -> list[list[Detection]]:
     """Detections per image: one per inked cell, classified by the CNN, coloured from the pixels."""
     net = net or load()
     canvases = [as_canvas(image) for image in images]
@@ -159,7 +187,7 @@ def detect_batch(images, net: DigitNet | None = None) -> list[list[Detection]]:
 def main() -> None:
     from safetensors.torch import save_file
 
-    net = train()
+    net = train_ensemble()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(WEIGHTS))
     print(f"detector weights in {WEIGHTS}; accuracy on the generator half (never seen): {accuracy(net):.4f}")
 
