@@ -1,6 +1,6 @@
 """A/B of pair-generation variants on one pipeline, interleaved in one process.
 
-    python bench/generation_cpu.py PIPELINE_DIR [--reps 5] [--pairs 16] [--steps 25] [--compile regional whole frozen]
+    python bench/generation_cpu.py PIPELINE_DIR [--reps 5] [--pairs 16] [--steps 25] [--eager VARIANT...] [--compile regional whole frozen]
 
 Samples one chunk of ``--pairs`` pairs (winner and loser prompt of each row side by side, the same seed,
 CFG 7.5, as ``prefopt pairs build`` does with ``pairs.sample_batch_size=--pairs``) through SD's
@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--eager", nargs="*", default=["embeds", "inference_mode", "chunk x2"],
+                        help="eager variants to run besides 'prompts' (default: all)")
     parser.add_argument("--compile", nargs="*", default=[], choices=["regional", "whole", "frozen"])
     args = parser.parse_args()
 
@@ -83,6 +85,7 @@ def main() -> None:
         "inference_mode": inference_mode,
         "chunk x2": lambda: backbone.sample(prompts, seeds)[one],
     }
+    variants = {name: fn for name, fn in variants.items() if name == "prompts" or name in args.eager}
     images = {name: 2 * args.pairs for name in variants}
     images["chunk x2"] = 4 * args.pairs
     for kind in args.compile:
