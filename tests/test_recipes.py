@@ -140,3 +140,12 @@ def test_a_bare_yaml_no_means_no_mixed_precision(tmp_path):
     recipe = REPO_ROOT / "recipes" / "toy2d_ddspo.yaml"
     resolved = load_recipe(recipe, PluginRegistry(), ["train.mixed_precision=no"])
     assert resolved.recipe.train.mixed_precision == "no"
+
+
+def test_the_committed_recipe_reference_is_current(registry):
+    from pathlib import Path
+
+    from prefopt.reference_doc import recipe_reference_markdown
+
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "recipe-reference.md").read_text()
+    assert committed == recipe_reference_markdown(registry), "regenerate it: python -m prefopt.reference_doc"
