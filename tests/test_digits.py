@@ -132,12 +132,12 @@ def test_every_prompt_tokenizes_without_unknown_words_within_the_context():
 def test_detector_classifies_digits_it_never_saw():
     ensemble = detector.load()
     assert len(ensemble.members) == len(detector.ENSEMBLE_SEEDS)
-    assert detector.accuracy(ensemble) >= 0.99  # measured 0.993; its members alone 0.988-0.991
+    assert detector.accuracy(ensemble) >= 0.99  # measured 0.994; its members alone 0.989-0.991
     images, labels = world.digits("generator")
     with torch.no_grad():
         sure, predicted = ensemble(torch.from_numpy(images)).softmax(dim=1).max(dim=1)
-    # Counting needs each digit read right with confidence > 0.9: measured 0.980 (members 0.970-0.981).
-    assert ((predicted.numpy() == labels) & (sure.numpy() > 0.9)).mean() >= 0.975
+    # Counting needs each digit read right with confidence > 0.9: measured 0.988 (members 0.981-0.987).
+    assert ((predicted.numpy() == labels) & (sure.numpy() > 0.9)).mean() >= 0.985
 
 
 def _judged(rows: list[dict], scenes: list[np.ndarray]) -> list[bool]:
@@ -151,7 +151,7 @@ def test_scorer_accepts_freshly_composed_ground_truth_scenes():
     scenes = [world.compose(world.scene_for(row, rng), rng) for row in rows]
     scores = tag_scores([r["tag"] for r in rows], _judged(rows, scenes))
     # Counting is the hardest (every one of up to four digits read right, each with confidence > 0.9).
-    assert scores["overall"] >= 0.975, scores
+    assert scores["overall"] >= 0.98, scores  # measured 0.985 here; 0.980-0.989 over six seeds
     assert min(scores.values()) >= 0.9, scores
 
 
