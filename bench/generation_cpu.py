@@ -61,7 +61,7 @@ def main() -> None:
         prompts += [lines[(2 * i) % len(lines)], lines[(2 * i + 1) % len(lines)]]
         seeds += [1000 + i, 1000 + i]
     one = slice(0, 2 * args.pairs)
-    pipeline = backbone._sampling_pipeline(backbone._reference_host())
+    pipeline = backbone._sampling_pipeline(backbone._get_reference_module())
     size = backbone._resolution()
     common = dict(num_inference_steps=args.steps, guidance_scale=backbone.config.guidance_scale, height=size,
                   width=size, output_type="latent")
@@ -92,7 +92,7 @@ def main() -> None:
         from prefopt.engine.speed import compile_repeated_blocks
 
         compiled = load()
-        unet = compiled._reference_host()
+        unet = compiled._get_reference_module()
         if kind == "regional":
             compile_repeated_blocks(unet)
         else:

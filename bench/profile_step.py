@@ -41,7 +41,7 @@ def main() -> None:
     params = list(backbone.trainable_parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-6)
     prompts = (args.pipeline / "prompts.txt").read_text().splitlines()
-    shape = backbone.identity()["data_shape"]
+    shape = backbone.data_signature()["data_shape"]
 
     def one(i: int) -> None:
         g = torch.Generator().manual_seed(i)

@@ -37,7 +37,7 @@ def main() -> None:
     objective = PluginRegistry().get("objective", "ddspo")
     step = FusedStep(backbone, objective(objective.Config()))
     prompts = (args.pipeline / "prompts.txt").read_text().splitlines()
-    shape = backbone.identity()["data_shape"]
+    shape = backbone.data_signature()["data_shape"]
     params = list(unet.parameters())
 
     def fwd_bwd(i: int) -> float:

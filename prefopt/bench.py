@@ -114,7 +114,7 @@ class StepMemory:
 
 
 def _pair_rows(resolved: ResolvedRecipe, registry, count: int) -> list:
-    """The first ``count`` rows (prompt, negative, seed) of the recipe's pair source."""
+    """The first ``count`` rows (prompt, degraded, seed) of the recipe's pair source."""
     from itertools import islice
 
     from prefopt.errors import PrefoptError
@@ -141,13 +141,13 @@ def bench_dataset(resolved: ResolvedRecipe, registry, backbone, scratch: Path, c
     from prefopt.interfaces import PromptPair
 
     recipe = resolved.recipe
-    identity = backbone.identity()
+    identity = backbone.data_signature()
     built = Path(recipe.pairs.dir or Path(recipe.output_dir) / "pairs")
     if is_complete(built):
         return PairDataset(built, identity=identity), f"pairs of {built}"
     generator = torch.Generator().manual_seed(recipe.seed)
     shape = identity["data_shape"]
-    rows = [PromptPair(prompt=row.prompt, negative=row.negative, seed=row.seed,
+    rows = [PromptPair(prompt=row.prompt, degraded=row.degraded, seed=row.seed,
                        winner=torch.randn(shape, generator=generator), loser=torch.randn(shape, generator=generator))
             for row in _pair_rows(resolved, registry, count)]
     header = dataset_header(identity, {"bench": len(rows), "seed": recipe.seed}, recipe.pairs.shard_size,

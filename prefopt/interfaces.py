@@ -43,7 +43,7 @@ class Plugin:
 # ----------------------------------------------------------------------------
 
 Latent = Literal["w", "l"]
-PromptSlot = Literal["c", "c-"]
+PromptId = Literal["c", "c-"]
 STUDENT = "student"
 REFERENCE = "reference"
 
@@ -60,7 +60,7 @@ class Prediction:
 
     source: str
     latent: Latent
-    prompt: PromptSlot
+    prompt: PromptId
 
 
 @dataclass
@@ -128,7 +128,7 @@ class RewrittenPrompts:
     """A batch's prompts after a ``PromptRewrite``; ``swapped`` (bool, (B,)) marks replaced pairs."""
 
     prompts: list[str]
-    negatives: list[str]
+    degraded: list[str]
     swapped: "torch.Tensor"
 
 
@@ -140,7 +140,7 @@ class PromptRewrite:
         raise NotImplementedError
 
     def __call__(
-        self, prompts: Sequence[str], negatives: Sequence[str], t_fraction: "torch.Tensor", generator
+        self, prompts: Sequence[str], degraded: Sequence[str], t_fraction: "torch.Tensor", generator
     ) -> RewrittenPrompts:
         """Each pair's (c, c-) for this step, drawn with ``generator`` (t_fraction: the pairs' timesteps)."""
         raise NotImplementedError
@@ -158,13 +158,13 @@ class PromptPair:
     ``winner``/``loser`` are given x0 data (an image path, array or tensor in
     the backbone's data space) when the source has them (human-labelled pairs,
     ground-truth toy points); when None they are sampled by the backbone from
-    ``prompt`` / ``negative`` with ``seed``. ``loser_from`` names another row
+    ``prompt`` / ``degraded`` with ``seed``. ``loser_from`` names another row
     whose winner is reused as this row's loser (the paper's unpaired variants,
     Table 3b), so no negative image is generated.
     """
 
     prompt: str
-    negative: str
+    degraded: str
     seed: int
     winner: Any = None
     loser: Any = None
@@ -230,7 +230,7 @@ class Backbone(Plugin):
         """What would be loaded and trained, without loading it (dry runs)."""
         return dict(self.config.model_dump())
 
-    def identity(self) -> dict[str, Any]:
+    def data_signature(self) -> dict[str, Any]:
         """What a pair dataset must match: family name and data shape."""
         raise NotImplementedError
 

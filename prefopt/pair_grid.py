@@ -30,10 +30,10 @@ def show_pairs(backbone, directory: Path, count: int = 8, output: Path | None = 
     from prefopt.figures import image_grid
 
     accelerator = load_backbone(backbone, TrainConfig(), training=False)
-    dataset = PairDataset(directory, identity=backbone.identity())
+    dataset = PairDataset(directory, identity=backbone.data_signature())
     n = min(count, len(dataset))
-    x0_w, x0_l, prompts, negatives = dataset.batch(range(n))
+    x0_w, x0_l, prompts, degraded = dataset.batch(range(n))
     winners, losers = backbone.decode(x0_w.to(accelerator.device)), backbone.decode(x0_l.to(accelerator.device))
     return image_grid([[winners[i], losers[i]] for i in range(n)], Path(output or Path(directory) / "pairs.png"),
-                      cell_titles=[[f"c: {prompts[i][:60]}", f"c-: {negatives[i][:60]}"] for i in range(n)],
+                      cell_titles=[[f"c: {prompts[i][:60]}", f"c-: {degraded[i][:60]}"] for i in range(n)],
                       cell_inches=(3.0, 3.2), dpi=100)

@@ -40,5 +40,5 @@ def format_rows(rows: list) -> list[str]:
     for i, row in enumerate(rows):
         loser = f"winner of row {row.loser_from}" if row.loser_from is not None else _given(row.loser)
         lines.append(f"{i:>4}  seed {row.seed:<10}  c: {row.prompt!r}")
-        lines.append(f"{'':>4}  {'':<15}  c-: {row.negative!r}  (winner: {_given(row.winner)}; loser: {loser})")
+        lines.append(f"{'':>4}  {'':<15}  c-: {row.degraded!r}  (winner: {_given(row.winner)}; loser: {loser})")
     return lines

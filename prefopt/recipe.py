@@ -245,7 +245,7 @@ class Recipe(Strict):
 
 
 # Where each component section lives, and which plugin kind it names.
-COMPONENT_SLOTS = {
+PLUGIN_FIELDS = {
     ("backbone",): "backbone",
     ("objective",): "objective",
     ("pairs", "source"): "pair_source",
@@ -566,7 +566,7 @@ def resolve(
 
     configs: dict[tuple, PluginConfig] = {}
     components: list[tuple[tuple, str, Component]] = []
-    for path, kind in COMPONENT_SLOTS.items():
+    for path, kind in PLUGIN_FIELDS.items():
         node: Any = recipe
         for part in path:
             node = getattr(node, part, None) if node is not None else None

@@ -65,12 +65,12 @@ def _build_or_reuse_pairs(pairs_cfg: PairsConfig, source_config, registry: Plugi
     reference = pretrained_reference_fingerprint(getattr(backbone.config, "pretrained", None))
     if reference is not None:  # pairs sampled from a reference this run trained: tie them to it
         settings["reference"] = reference
-    header = dataset_header(backbone.identity(), settings, pairs_cfg.shard_size,
-                            resolve_latent_dtype(pairs_cfg.latent_dtype, backbone.identity()))
+    header = dataset_header(backbone.data_signature(), settings, pairs_cfg.shard_size,
+                            resolve_latent_dtype(pairs_cfg.latent_dtype, backbone.data_signature()))
     if is_complete(directory):
         # A finished dataset is reused only for the backbone and settings it was built with.
         manifest = read_manifest(directory)
-        check_identity(manifest, backbone.identity(), directory)
+        check_identity(manifest, backbone.data_signature(), directory)
         if manifest["dataset_id"] == header["dataset_id"]:
             if verify_pair_dataset(directory, header, full_check, accelerator.process_index,
                                    accelerator.num_processes, accelerator.wait_for_everyone):
@@ -129,7 +129,7 @@ def train_stage(*, run_dir: Path, backbone_cls, backbone_config, objective, pair
     pairs_dir = Path(pairs_cfg.dir or pairs_dir or run_dir / "pairs")
     build_or_reuse_pairs(pairs_cfg, source_config, registry, backbone, pairs_dir, seed, accelerator, base_dir,
                          replace_stale=owned)
-    dataset = PairDataset(pairs_dir, identity=backbone.identity())
+    dataset = PairDataset(pairs_dir, identity=backbone.data_signature())
     checkpoint = find_checkpoint(run_dir, resume, command=command) if resume else None
     result = train(backbone=backbone, objective=objective, dataset=dataset, cfg=train_cfg, run_dir=run_dir,
                    seed=seed, accelerator=accelerator, resume_from=checkpoint)

@@ -128,7 +128,7 @@ def test_training_sigma_is_unshifted_like_diffusers_flux_script_unless_dynamic(t
 
 def test_resolution_must_pack(tiny_flux):
     with pytest.raises(PrefoptError, match="2x2 packing"):
-        FluxBackbone(FluxBackbone.Config(pretrained=str(tiny_flux), resolution=18)).identity()
+        FluxBackbone(FluxBackbone.Config(pretrained=str(tiny_flux), resolution=18)).data_signature()
 
 
 # ---------------------------------------------------------------------------- data, sampling
@@ -136,7 +136,7 @@ def test_resolution_must_pack(tiny_flux):
 
 def test_identity_and_data_are_unpacked_shifted_latents(tiny_flux):
     backbone = _backbone(tiny_flux)
-    assert backbone.identity() == {
+    assert backbone.data_signature() == {
         "family": "flux", "data_space": "latent", "data_shape": list(LATENT),
         "latent_scaling_factor": FLUX_VAE["scaling_factor"], "latent_shift_factor": FLUX_VAE["shift_factor"],
     }

@@ -238,7 +238,7 @@ def test_prompts_carry_the_official_complex_human_instruction_by_default(tiny_sa
 
 def test_identity_and_data_round_trip(tiny_sana):
     backbone = load_backbone(SanaBackbone, tiny_sana)
-    assert backbone.identity() == {
+    assert backbone.data_signature() == {
         "family": "sana", "data_space": "latent", "data_shape": list(LATENT), "latent_scaling_factor": 0.41407,
     }
     latents = backbone.sample(PROMPTS[:2], [0, 1])

@@ -40,7 +40,7 @@ def test_reference_prediction_is_frozen(tiny_sd, mode):
 
 def test_lora_student_and_reference_share_one_unet(tiny_sd):
     backbone = load_backbone(SDBackbone, tiny_sd, "lora")
-    assert backbone._host is backbone.trainable_module()
+    assert backbone._reference_module is backbone.trainable_module()
     trainable = [n for n, p in backbone.trainable_module().named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert all(p.dtype == torch.float32 for p in backbone.trainable_parameters())
@@ -48,8 +48,8 @@ def test_lora_student_and_reference_share_one_unet(tiny_sd):
 
 def test_full_reference_is_a_frozen_copy(tiny_sd):
     backbone = load_backbone(SDBackbone, tiny_sd, "full")
-    assert backbone._host is None  # loaded when first asked for
-    reference = backbone._reference_host()
+    assert backbone._reference_module is None  # loaded when first asked for
+    reference = backbone._get_reference_module()
     assert reference is not backbone.trainable_module()
     assert not any(p.requires_grad for p in reference.parameters())
     assert not reference.training
@@ -103,11 +103,11 @@ def test_v_prediction_training_step(tiny_sd_v):
 def test_identity_is_family_and_latent_shape(tiny_sd):
     backbone = SDBackbone(SDBackbone.Config(pretrained=str(tiny_sd)))
     expected = {"family": "sd", "data_space": "latent", "data_shape": [4, 8, 8], "latent_scaling_factor": 0.18215}
-    assert backbone.identity() == expected  # before load: read from the configs alone
+    assert backbone.data_signature() == expected  # before load: read from the configs alone
     backbone.load(cpu_runtime())
-    assert backbone.identity() == expected
+    assert backbone.data_signature() == expected
     bigger = SDBackbone(SDBackbone.Config(pretrained=str(tiny_sd), resolution=32))
-    assert bigger.identity()["data_shape"] == [4, 16, 16]
+    assert bigger.data_signature()["data_shape"] == [4, 16, 16]
 
 
 def test_encode_prompts_tokenises_to_max_length(tiny_sd):
@@ -165,7 +165,7 @@ def test_encode_data_accepts_images_and_round_trips(tiny_sd, tmp_path):
 
 def test_sampling_scheduler_is_configurable(tiny_sd):
     backbone = load_backbone(SDBackbone, tiny_sd, sampler="EulerDiscreteScheduler")
-    assert type(backbone._pipeline(backbone._reference_host()).scheduler).__name__ == "EulerDiscreteScheduler"
+    assert type(backbone._pipeline(backbone._get_reference_module()).scheduler).__name__ == "EulerDiscreteScheduler"
     assert backbone.sample(PROMPTS[:1], [0]).shape == (1, 4, 8, 8)
     with pytest.raises(PrefoptError, match="not a diffusers scheduler"):
         load_backbone(SDBackbone, tiny_sd, sampler="NoSuchScheduler").sample(PROMPTS[:1], [0])
@@ -178,7 +178,7 @@ def test_pixel_space_model(tiny_sd_pixel, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     backbone = load_backbone(SDBackbone, tiny_sd_pixel, "full", vae=False)
-    assert backbone.identity() == {"family": "sd", "data_space": "pixel", "data_shape": [3, 16, 16]}
+    assert backbone.data_signature() == {"family": "sd", "data_space": "pixel", "data_shape": [3, 16, 16]}
     x = backbone.sample(PROMPTS[:2], [0, 1])
     assert x.shape == (2, 3, 16, 16)
     images = backbone.decode(x.clamp(-1, 1))
@@ -251,7 +251,7 @@ def test_load_trained_rejects_what_it_cannot_read(tiny_sd, tmp_path):
 
 
 def _assert_pipeline_unet_is_student(unet, backbone):
-    shape = backbone.identity()["data_shape"]
+    shape = backbone.data_signature()["data_shape"]
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([100, 700])
     cond = backbone.encode_prompts(PROMPTS[:2])
@@ -338,7 +338,7 @@ def test_half_precision_runtime(tiny_sd, mode):
     backbone = SDBackbone(SDBackbone.Config(pretrained=str(tiny_sd), finetune={"mode": mode}))
     backbone.load(Runtime(device=torch.device("cpu"), dtype=torch.bfloat16))
     backbone.set_trainable_module(backbone.trainable_module())
-    assert backbone._reference_host().dtype == torch.bfloat16 and backbone.modules["text_encoder"].dtype == torch.bfloat16
+    assert backbone._get_reference_module().dtype == torch.bfloat16 and backbone.modules["text_encoder"].dtype == torch.bfloat16
     assert {p.dtype for p in backbone.trainable_parameters()} == {torch.float32}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = FusedStep(backbone, objective("ddspo"))(pair_batch(backbone), torch.Generator().manual_seed(0),
@@ -363,7 +363,7 @@ def test_xformers_needs_a_gpu_and_the_package(tiny_sd):
 def test_vae_from_another_repo(tiny_sd):
     backbone = load_backbone(SDBackbone, tiny_sd, vae_pretrained=str(tiny_sd / "vae"))
     assert backbone.describe()["components"]["vae"] == f"AutoencoderKL from {tiny_sd / 'vae'}"
-    assert backbone.identity()["latent_scaling_factor"] == 0.18215
+    assert backbone.data_signature()["latent_scaling_factor"] == 0.18215
 
 
 def test_unknown_target_modules_are_a_one_line_error(tiny_sd):

@@ -141,7 +141,7 @@ def test_velocity_is_the_pipelines_one_step_update(tiny_sd3):
 
 def test_identity_and_data_are_shifted_and_scaled_latents(tiny_sd3):
     backbone = load_backbone(SD3Backbone, tiny_sd3)
-    assert backbone.identity() == {
+    assert backbone.data_signature() == {
         "family": "sd3", "data_space": "latent", "data_shape": list(LATENT),
         "latent_scaling_factor": SD3_VAE["scaling_factor"], "latent_shift_factor": SD3_VAE["shift_factor"],
     }

@@ -49,7 +49,7 @@ def test_condition_is_embeddings_pooled_and_time_ids(tiny_sdxl):
 
 def test_identity(tiny_sdxl):
     backbone = SDXLBackbone(SDXLBackbone.Config(pretrained=str(tiny_sdxl)))
-    assert backbone.identity() == {
+    assert backbone.data_signature() == {
         "family": "sdxl", "data_space": "latent", "data_shape": [4, 8, 8], "latent_scaling_factor": 0.18215,
     }
 

@@ -36,7 +36,7 @@ def test_fused_and_naive_steps_give_the_same_loss_and_gradients(tiny_sd, mode):
                 p.add_(0.01 * torch.randn_like(p))
     base = pair_batch(backbone)
     # Repeated prompts: the fused step encodes each once, the naive one every row.
-    batch = PairBatch(base.x0_w, base.x0_l, [base.prompts[0], *base.prompts[1:-1], base.prompts[0]], base.negatives)
+    batch = PairBatch(base.x0_w, base.x0_l, [base.prompts[0], *base.prompts[1:-1], base.prompts[0]], base.degraded)
     ddspo = objective("ddspo")
     fused_loss, fused_grads = _loss_and_grads(FusedStep(backbone, ddspo), backbone, batch)
     naive_loss, naive_grads = _loss_and_grads(NaiveStep(backbone, ddspo), backbone, batch)

@@ -181,6 +181,6 @@ def test_shipped_reference_is_a_small_pixel_space_pipeline_the_sd_backbone_loads
     assert weights and sum(w.stat().st_size for w in weights) <= 20 * 2**20
     backbone = SDBackbone(SDBackbone.Config(pretrained=str(REFERENCE), vae=False, num_inference_steps=2))
     backbone.load(cpu_runtime(train=False))
-    assert backbone.identity() == {"family": "sd", "data_space": "pixel", "data_shape": [3, 16, 16]}
+    assert backbone.data_signature() == {"family": "sd", "data_space": "pixel", "data_shape": [3, 16, 16]}
     images = backbone.decode(backbone.sample(["a photo of a red 4", "a photo of two 7s"], [0, 1]))
     assert [image.size for image in images] == [(16, 16), (16, 16)]

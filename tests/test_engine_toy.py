@@ -64,7 +64,7 @@ def test_ddspo_makes_one_reference_call_and_one_student_call(registry):
     assert backbone.student.calls == [2 * 6]
     # Prompts are encoded once per step, each unique prompt once.
     assert len(encoded) == 1
-    assert sorted(encoded[0]) == sorted(set(b.prompts) | set(b.negatives))
+    assert sorted(encoded[0]) == sorted(set(b.prompts) | set(b.degraded))
 
 
 def test_reference_micro_batch_chunks_only_the_reference(registry):

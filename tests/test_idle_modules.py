@@ -34,7 +34,7 @@ def test_released_modules_come_back_unchanged(tiny_sd, mode):
 
     released.release_idle({STUDENT}, text_cached=True)
     assert released.modules["vae"] is None and released.modules["text_encoder"] is None
-    assert released._host is (released.trainable_module() if mode == "lora" else None)
+    assert released._reference_module is (released.trainable_module() if mode == "lora" else None)
     assert released._pipelines == []  # nothing still holds the freed modules
 
     # Each use brings back what it needs, and only that.
@@ -58,17 +58,17 @@ def test_full_finetune_loads_a_reference_only_when_asked(tiny_sd):
     """``denoise`` asks for the student alone: no frozen copy; DDSPO's first step loads the pretrained one."""
     backbone = load_backbone(SDBackbone, tiny_sd, "full")
     backbone.set_trainable_module(backbone.trainable_module())
-    assert backbone._host is None
+    assert backbone._reference_module is None
     generator = torch.Generator().manual_seed(0)
     FusedStep(backbone, objective("denoise"))(pair_batch(backbone), generator, torch.device("cpu"))
-    assert backbone._host is None
+    assert backbone._reference_module is None
 
     out = FusedStep(backbone, objective("ddspo"))(pair_batch(backbone), generator, torch.device("cpu"))
-    assert backbone._host is not None and backbone._host is not backbone.trainable_module()
+    assert backbone._reference_module is not None and backbone._reference_module is not backbone.trainable_module()
     assert float(out.loss) == pytest.approx(math.log(2), abs=1e-5)  # reference == untrained student (batch-size-dependent kernels: ~1e-6)
 
     backbone.release_idle({STUDENT}, text_cached=False)  # a stage that no longer needs it frees it
-    assert backbone._host is None
+    assert backbone._reference_module is None
 
 
 class Wrapper(torch.nn.Module):

@@ -161,7 +161,7 @@ def test_a_valid_answer_from_the_real_generate_becomes_pairs(tiny_llm, monkeypat
     rows = source.pairs(PROMPTS, seed=0)
     assert len(calls) == 2
     assert source.stats == {"unparsed": 3, "retried": 3, "skipped": 0}
-    assert [(row.prompt, row.negative) for row in rows] == [(p, n) for p in PROMPTS for n in ("a cat", "a dog")]
+    assert [(row.prompt, row.degraded) for row in rows] == [(p, n) for p in PROMPTS for n in ("a cat", "a dog")]
     assert len({row.seed for row in rows}) == len(rows)
     assert all(row.winner is None and row.loser is None and row.loser_from is None for row in rows)
 

@@ -9,7 +9,7 @@ from prefopt.interfaces import ObjectiveInputs
 from prefopt_objectives import losses
 from prefopt_objectives.ddspo import DDSPO
 from prefopt_objectives.diffusion_dpo import DiffusionDPO
-from prefopt_objectives.slots import REF_L, REF_L_NEG, REF_W, STUDENT_L, STUDENT_W
+from prefopt_objectives.predictions import REF_L, REF_L_NEG, REF_W, STUDENT_L, STUDENT_W
 
 LN2 = math.log(2.0)
 

@@ -115,12 +115,12 @@ def test_swaps_follow_the_schedule_and_draw_from_the_pool(tmp_path):
         p = 1 / (1 + math.exp(-20 * (tau - 0.7)))
         assert abs(out.swapped.float().mean().item() - p) < 4 * math.sqrt(p * (1 - p) / n)
         for i in range(n):
-            pair = (out.prompts[i], out.negatives[i])
+            pair = (out.prompts[i], out.degraded[i])
             assert pair in {("2", "3"), ("3", "2"), ("3", "1")} if out.swapped[i] else pair == ("0", "1")
     # The same generator state draws the same swaps (resume); both extra prompts are used.
     again = rewrite(prompts[:50], negatives[:50], torch.full((50,), 0.9), torch.Generator().manual_seed(2))
     twice = rewrite(prompts[:50], negatives[:50], torch.full((50,), 0.9), torch.Generator().manual_seed(2))
-    assert (again.prompts, again.negatives) == (twice.prompts, twice.negatives)
+    assert (again.prompts, again.degraded) == (twice.prompts, twice.degraded)
     assert torch.equal(again.swapped, twice.swapped) and {"2", "3"} <= set(again.prompts)
 
 
@@ -170,7 +170,7 @@ def test_prompt_dropout_empties_a_share_of_prompts():
     out = rewrite(["0"] * n, ["1"] * n, torch.zeros(n), torch.Generator().manual_seed(0))
     share = out.prompts.count("") / n
     assert abs(share - 0.2) < 4 * math.sqrt(0.2 * 0.8 / n)
-    assert set(out.prompts) == {"", "0"} and out.negatives == ["1"] * n and not out.swapped.any()
+    assert set(out.prompts) == {"", "0"} and out.degraded == ["1"] * n and not out.swapped.any()
     assert rewrite.texts() == [""]
 
 

@@ -34,18 +34,18 @@ def rows(count: int = ROWS, unpaired: bool = False) -> list[PromptPair]:
     for i in range(count):
         winner = torch.tensor([float(i), 0.5 + i])
         if unpaired:
-            out.append(PromptPair(prompt=str(i % 4), negative=str((i + 1) % 4), seed=i, winner=winner,
+            out.append(PromptPair(prompt=str(i % 4), degraded=str((i + 1) % 4), seed=i, winner=winner,
                                   loser_from=(i + 3) % count))
         else:
-            out.append(PromptPair(prompt=str(i % 4), negative=str((i + 1) % 4), seed=i, winner=winner,
+            out.append(PromptPair(prompt=str(i % 4), degraded=str((i + 1) % 4), seed=i, winner=winner,
                                   loser=-winner))
     return out
 
 
 def build(directory, backbone, pairs, dtype: str = "float32", seed: int = 0) -> PairDataset:
-    header = dataset_header(backbone.identity(), {"test": True, "seed": seed}, SHARD_SIZE, dtype)
+    header = dataset_header(backbone.data_signature(), {"test": True, "seed": seed}, SHARD_SIZE, dtype)
     build_pair_dataset(directory, pairs, backbone, header, sample_batch_size=4)
-    return PairDataset(directory, identity=backbone.identity())
+    return PairDataset(directory, identity=backbone.data_signature())
 
 
 def test_a_stream_is_read_one_shard_at_a_time_and_gives_the_list_dataset(tmp_path, toy, monkeypatch):
@@ -80,8 +80,8 @@ def test_unpaired_rows_store_no_loser_and_read_another_rows_winner(tmp_path, toy
 
 def test_stored_dtype_and_auto_default(tmp_path, toy):
     assert resolve_latent_dtype("auto", {"data_space": "latent"}) == "float16"
-    assert resolve_latent_dtype("auto", toy.identity()) == "float32"
-    assert resolve_latent_dtype("bfloat16", toy.identity()) == "bfloat16"
+    assert resolve_latent_dtype("auto", toy.data_signature()) == "float32"
+    assert resolve_latent_dtype("bfloat16", toy.data_signature()) == "bfloat16"
     dataset = build(tmp_path, toy, rows(), dtype="float16")
     x0_w, x0_l, _, _ = dataset.batch([3, 11])
     assert x0_w.dtype == torch.float16
@@ -90,7 +90,7 @@ def test_stored_dtype_and_auto_default(tmp_path, toy):
 
 
 def test_values_outside_the_stored_dtype_are_refused(tmp_path, toy):
-    big = [PromptPair(prompt="0", negative="1", seed=0, winner=torch.tensor([1e6, 0.0]), loser=torch.zeros(2))]
+    big = [PromptPair(prompt="0", degraded="1", seed=0, winner=torch.tensor([1e6, 0.0]), loser=torch.zeros(2))]
     with pytest.raises(DataError, match="outside float16's range.*latent_dtype: float32"):
         build(tmp_path, toy, big * 2, dtype="float16")
 

@@ -33,7 +33,7 @@ def is_subsequence(short: list[str], long: list[str]) -> bool:
 
 
 def negatives(prompt: str, seed: int, **settings) -> list[str]:
-    return [row.negative for row in RandomRemoval(RandomRemoval.Config(**settings)).pairs([prompt], seed)]
+    return [row.degraded for row in RandomRemoval(RandomRemoval.Config(**settings)).pairs([prompt], seed)]
 
 
 # --------------------------------------------------------------------------- random_removal
@@ -68,8 +68,8 @@ def test_deterministic_for_a_seed_and_independent_of_list_order(prompt, other, s
     first = source.pairs([prompt, other], seed)
     assert first == source.pairs([prompt, other], seed)
     assume(prompt != other)
-    alone = [row.negative for row in source.pairs([prompt], seed)]
-    behind = [row.negative for row in source.pairs([other, prompt], seed) if row.prompt == prompt]
+    alone = [row.degraded for row in source.pairs([prompt], seed)]
+    behind = [row.degraded for row in source.pairs([other, prompt], seed) if row.prompt == prompt]
     assert behind == alone
 
 
@@ -146,7 +146,7 @@ def test_rand_positive_uses_another_rows_winner_and_its_prompt(prompts, seed):
     assert sorted(row.loser_from for row in rows) == list(range(len(prompts)))  # each winner reused once
     for index, row in enumerate(rows):
         assert row.loser_from != index
-        assert row.negative == prompts[row.loser_from]
+        assert row.degraded == prompts[row.loser_from]
         assert (row.winner, row.loser) == (None, None)
     assert rows == RandPositive().pairs(prompts, seed)
 
@@ -157,8 +157,8 @@ def test_not_paired_perturbs_its_own_prompt_and_borrows_another_winner(prompts, 
     assert [row.prompt for row in rows] == prompts
     for index, row in enumerate(rows):
         assert row.loser_from != index and 0 <= row.loser_from < len(rows)
-        assert [row.negative] == removal_variants(row.prompt, seed, RandomRemoval.Config())
-        assert is_subsequence(row.negative.split(), row.prompt.split())
+        assert [row.degraded] == removal_variants(row.prompt, seed, RandomRemoval.Config())
+        assert is_subsequence(row.degraded.split(), row.prompt.split())
         assert (row.winner, row.loser) == (None, None)
 
 
@@ -171,7 +171,7 @@ def test_not_paired_skips_short_prompts_before_pairing():
 def test_not_paired_takes_removal_settings_but_one_variant():
     source = NotPaired(NotPaired.Config(perturb={"min_drop": 0.5, "max_drop": 0.5}))
     (row, _) = source.pairs(["a b c d", "e f g h"], seed=0)
-    assert len(row.negative.split()) == 2
+    assert len(row.degraded.split()) == 2
     with pytest.raises(ValidationError, match="perturb.variants must be 1"):
         NotPaired.Config(perturb={"variants": 2})
 

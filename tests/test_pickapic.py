@@ -42,7 +42,7 @@ def source(path, **settings) -> PickAPic:
 def test_winner_and_loser_follow_label_0_and_ties_are_skipped(parquet_file):
     rows = list(source(parquet_file).pairs(None, seed=0))
     assert [row.prompt for row in rows] == ["a red square", "a grey square"]
-    assert [row.negative for row in rows] == [row.prompt for row in rows]  # c- is c, as in Diffusion-DPO
+    assert [row.degraded for row in rows] == [row.prompt for row in rows]  # c- is c, as in Diffusion-DPO
     assert (rows[0].winner, rows[0].loser) == (RED, GREEN)  # label_0 = 1: image 0 preferred
     assert (rows[1].winner, rows[1].loser) == (GREY, BLACK)  # label_0 = 0: image 1 preferred
     assert all(row.loser_from is None for row in rows)

@@ -59,11 +59,11 @@ def test_word_shuffle_rows_follow_the_seed_convention(plugins):
     source = plugins.prefopt_pair_sources()[0](plugins.prefopt_pair_sources()[0].Config(variants=2))
     rows = source.pairs(["a red cube", "cat", "two green trees"], seed=7)
     assert [r.prompt for r in rows] == ["a red cube"] * 2 + ["two green trees"] * 2  # one-word prompt skipped
-    assert all(sorted(r.negative.split()) == sorted(r.prompt.split()) and r.negative != r.prompt for r in rows)
+    assert all(sorted(r.degraded.split()) == sorted(r.prompt.split()) and r.degraded != r.prompt for r in rows)
     assert [r.seed for r in rows] == [row_seed(7, i) for i in range(4)]
     # A prompt's shuffles do not depend on where it sits in the list.
     moved = source.pairs(["two green trees", "a red cube"], seed=7)
-    assert [r.negative for r in moved[:2]] == [r.negative for r in rows[2:]]
+    assert [r.degraded for r in moved[:2]] == [r.degraded for r in rows[2:]]
 
 
 def test_backbone_trains_and_evaluator_scores_through_the_engine(plugins, tmp_path):

@@ -19,7 +19,7 @@ from prefopt_backbones.sd import SDBackbone
 
 def test_sd_pairs_are_the_same_whatever_the_sampling_chunk(tiny_sd):
     backbone = load_backbone(SDBackbone, tiny_sd, train=False)
-    rows = [PromptPair(prompt=PROMPTS[i % len(PROMPTS)], negative=PROMPTS[(i + 1) % len(PROMPTS)], seed=40 + i)
+    rows = [PromptPair(prompt=PROMPTS[i % len(PROMPTS)], degraded=PROMPTS[(i + 1) % len(PROMPTS)], seed=40 + i)
             for i in range(3)]
     one_per_call, _ = _shard_tensors(backbone, rows, 1, "float32")
     all_in_one, loser_rows = _shard_tensors(backbone, rows, 3, "float32")
@@ -29,7 +29,7 @@ def test_sd_pairs_are_the_same_whatever_the_sampling_chunk(tiny_sd):
         torch.testing.assert_close(all_in_one[key], one_per_call[key], rtol=0, atol=1e-5)
     # Each row against the pipeline on its own: the winner is c with the row's seed, the loser c- with the same.
     for i, row in enumerate(rows):
-        alone = backbone.sample([row.prompt, row.negative], [row.seed, row.seed])
+        alone = backbone.sample([row.prompt, row.degraded], [row.seed, row.seed])
         torch.testing.assert_close(all_in_one["x0_w"][i], alone[0], rtol=0, atol=1e-5)
         torch.testing.assert_close(all_in_one["x0_l"][i], alone[1], rtol=0, atol=1e-5)
     assert not torch.allclose(all_in_one["x0_w"], all_in_one["x0_l"])  # c and c- do differ

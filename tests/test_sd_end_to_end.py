@@ -49,7 +49,7 @@ def test_run_builds_pairs_trains_and_saves_a_loadable_pipeline(tmp_path, tiny_sd
     manifest = json.loads((run / "pairs" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_rows"] == 3 and manifest["num_shards"] == 2
     rows = [json.loads(line) for line in (run / "pairs" / "metadata.jsonl").read_text().splitlines()]
-    assert all(set(r["negative"].split()) < set(r["prompt"].split()) for r in rows)
+    assert all(set(r["degraded"].split()) < set(r["prompt"].split()) for r in rows)
 
     metrics = metric_rows(run)
     assert [m["step"] for m in metrics] == [1, 2]

@@ -317,7 +317,7 @@ def pair_batch(backbone, seed: int = 0):
     """Random x0 pairs in the backbone's data space with the shared prompts."""
     from prefopt.engine.step import PairBatch
 
-    shape = backbone.identity()["data_shape"]
+    shape = backbone.data_signature()["data_shape"]
     generator = torch.Generator().manual_seed(seed)
     x0_w = torch.randn(len(PROMPTS), *shape, generator=generator)
     x0_l = torch.randn(len(PROMPTS), *shape, generator=generator)
@@ -326,7 +326,7 @@ def pair_batch(backbone, seed: int = 0):
 
 def probe(backbone, source: str, seed: int = 1) -> torch.Tensor:
     """A prediction of ``source`` on fixed inputs (to compare before / after training)."""
-    shape = backbone.identity()["data_shape"]
+    shape = backbone.data_signature()["data_shape"]
     generator = torch.Generator().manual_seed(seed)
     x0 = torch.randn(2, *shape, generator=generator)
     noise = torch.randn(2, *shape, generator=generator)
@@ -413,7 +413,7 @@ def check_fused_step_calls(backbone, monkeypatch) -> None:
 def check_reference_is_frozen(backbone) -> None:
     """A reference prediction records no graph, and leaves the student's weights trainable."""
     trainable = [p for p in backbone.trainable_module().parameters() if p.requires_grad]
-    shape = backbone.identity()["data_shape"]
+    shape = backbone.data_signature()["data_shape"]
     x = torch.randn(2, *shape)
     t = backbone.sample_timesteps(2, torch.Generator().manual_seed(0))
     out = backbone.predict(x, t, backbone.encode_prompts(PROMPTS[:2]), "reference")

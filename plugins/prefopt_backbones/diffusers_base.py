@@ -64,7 +64,7 @@ class DiffusersBackbone(Backbone):
         self.modules: dict[str, Any] = {}  # pipeline components (no scheduler); the denoiser is the student
         self._scheduler_config: dict[str, Any] = {}
         self._trainable = None  # the student as accelerate handed it back
-        self._host = None  # module that gives reference and policy predictions (None: not loaded yet)
+        self._reference_module = None  # module that gives reference and policy predictions (None: not loaded yet)
         self._policies: set[str] = set()
         self._policy_paths: dict[str, str] = {}
         self._pipelines: list = []  # sampling pipelines, one per denoiser they wrap (built once)
@@ -129,10 +129,10 @@ class DiffusersBackbone(Backbone):
         denoiser = self.modules[self.denoiser_name]
         loading.set_attention(denoiser, cfg.attention, runtime.device)
 
-        self._host = denoiser
+        self._reference_module = denoiser
         if full:
-            # The frozen reference is loaded when first asked for (_reference_host); policies live on it.
-            self._host = self._frozen_reference(denoiser).to(runtime.device) if policies else None
+            # The frozen reference is loaded when first asked for (_get_reference_module); policies live on it.
+            self._reference_module = self._frozen_reference(denoiser).to(runtime.device) if policies else None
             denoiser.requires_grad_(True)
         elif runtime.train:
             lora.add_student_adapter(denoiser, cfg.finetune)
@@ -201,7 +201,7 @@ class DiffusersBackbone(Backbone):
         for name, path in policies.items():
             if name in (STUDENT, REFERENCE, lora.STUDENT_ADAPTER):
                 raise PrefoptError(f"a policy cannot be named {name!r} (reserved)")
-            lora.load_policy(self._host, name, path, prefix=self.denoiser_name)
+            lora.load_policy(self._reference_module, name, path, prefix=self.denoiser_name)
         self._policies = set(policies)
         self._policy_paths = dict(policies)
 
@@ -236,10 +236,10 @@ class DiffusersBackbone(Backbone):
             lora.add_student_adapter(denoiser, cfg.finetune)
         denoiser.load_state_dict(state_dict)
         denoiser.to(self.runtime.device)
-        lora_host = self._host is self.modules[self.denoiser_name]
+        reference_on_student = self._reference_module is self.modules[self.denoiser_name]
         self.modules[self.denoiser_name] = self._trainable = denoiser
-        if lora_host:  # the reference and policies live on the student's module
-            self._host = denoiser
+        if reference_on_student:  # the reference and policies live on the student's module
+            self._reference_module = denoiser
             self._load_policies(self._policy_paths)
         self._pipelines = []
 
@@ -249,21 +249,21 @@ class DiffusersBackbone(Backbone):
 
         return extract_model_from_parallel(self._trainable)
 
-    def _reference_host(self):
+    def _get_reference_module(self):
         """The module that carries the reference (and policies); a full fine-tune's is loaded on first use."""
-        if self._host is None:
-            self._host = self._frozen_reference().to(self.runtime.device)
-        return self._host
+        if self._reference_module is None:
+            self._reference_module = self._frozen_reference().to(self.runtime.device)
+        return self._reference_module
 
     def _frozen_source(self, source: str):
         """(module, context) that give ``source``'s predictions, which are never trained."""
         from prefopt_backbones import lora
 
         if source == REFERENCE:
-            host = self._reference_host()
+            host = self._get_reference_module()
             return host, lora.adapters_disabled(host)
         if source in self._policies:
-            return self._host, lora.only_adapter(self._host, source)
+            return self._reference_module, lora.only_adapter(self._reference_module, source)
         known = ", ".join([STUDENT, REFERENCE, *sorted(self._policies)])
         raise PrefoptError(f"backbone {self.name!r} has no prediction source {source!r} (loaded: {known})")
 
@@ -319,8 +319,8 @@ class DiffusersBackbone(Backbone):
         if self._freed:  # the cached pipelines hold the freed modules
             self._pipelines = []
         reference_idle = REFERENCE not in set(sources) and not self._policies
-        if reference_idle and self._host is not None and self._host is not self.modules[self.denoiser_name]:
-            self._host = None
+        if reference_idle and self._reference_module is not None and self._reference_module is not self.modules[self.denoiser_name]:
+            self._reference_module = None
         gc.collect()
         if self.runtime.device.type == "cuda":
             import torch
@@ -444,7 +444,7 @@ class DiffusersBackbone(Backbone):
             raise PrefoptError(f"backbone.resolution {size} is not a multiple of the VAE's downsampling {factor}")
         return size
 
-    def identity(self) -> dict[str, Any]:
+    def data_signature(self) -> dict[str, Any]:
         """Family, data space and shape (and latent scale): what a pair dataset must match.
 
         The pretrained id is left out on purpose: latents of one family and VAE
@@ -473,7 +473,7 @@ class DiffusersBackbone(Backbone):
         from prefopt_backbones import images
 
         self._require_loaded()
-        shape = list(self.identity()["data_shape"])
+        shape = list(self.data_signature()["data_shape"])
         out: list = [None] * len(items)
         pending = []
         for i, item in enumerate(items):
@@ -571,8 +571,8 @@ class DiffusersBackbone(Backbone):
             raise PrefoptError(f"{path} holds neither a diffusers pipeline (model_index.json) nor a LoRA ({LORA_FILE})")
         if lora.has_student_adapter(denoiser):
             raise PrefoptError(f"{path} is a fully fine-tuned pipeline; load it with backbone.finetune.mode: full")
-        if self._host is denoiser:  # loaded for sampling only: keep the reference apart before overwriting
-            self._host = loading.frozen_copy(denoiser)
+        if self._reference_module is denoiser:  # loaded for sampling only: keep the reference apart before overwriting
+            self._reference_module = loading.frozen_copy(denoiser)
         library, class_name = self.component_classes[self.denoiser_name]
         dtype = loading.input_dtype(denoiser)
         trained = loading.load_model(library, class_name, str(path), self.denoiser_name, None, None, dtype)

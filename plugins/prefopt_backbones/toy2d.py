@@ -71,7 +71,7 @@ class Toy2DBackbone(Backbone):
         }
         self.student = model.train()
 
-    def identity(self) -> dict[str, Any]:
+    def data_signature(self) -> dict[str, Any]:
         return {"family": "toy2d", "data_shape": [2], "num_conditions": self.config.num_conditions}
 
     def trainable_module(self):

@@ -34,7 +34,7 @@ class DigitScenes(PairSource):
         empty_share: float = Field(0.1, ge=0, lt=1, description="share of empty captions (unconditional, for CFG)")
 
     def pairs(self, prompts: Sequence[str] | None, seed: int) -> list[PromptPair]:
-        return [PromptPair(prompt=caption, negative=caption, seed=i, winner=scene, loser=scene)
+        return [PromptPair(prompt=caption, degraded=caption, seed=i, winner=scene, loser=scene)
                 for i, (_, caption, scene) in enumerate(self.captioned_scenes(seed))]
 
     def captioned_scenes(self, seed: int) -> list[tuple[dict, str, "np.ndarray"]]:

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from prefopt.api import RECIPE_PATH_OR_HUB_ID
 from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs, PluginConfig, Prediction
 from prefopt_objectives.prompt_rewrites import RandomCondition, RandomConditionConfig
-from prefopt_objectives.slots import REF_L, REF_L_NEG, REF_W, STUDENT_L, STUDENT_W, PairNoise, noise_field
+from prefopt_objectives.predictions import REF_L, REF_L_NEG, REF_W, STUDENT_L, STUDENT_W, PairNoise, noise_field
 
 # DD-CPP's frozen policies, by the source names the backbone loads them under.
 POLICY_W = "policy_w"

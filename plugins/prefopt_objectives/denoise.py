@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs, PluginConfig
-from prefopt_objectives.slots import STUDENT_L, STUDENT_W
+from prefopt_objectives.predictions import STUDENT_L, STUDENT_W
 
 
 class Denoise(Objective):

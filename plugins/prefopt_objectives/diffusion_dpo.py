@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs
 from prefopt_objectives.prompt_rewrites import PromptDropout, RandomCondition, RandomConditionConfig, check_one_rewrite
 from prefopt_objectives.shared_settings import NoiseAndDropout
-from prefopt_objectives.slots import REF_L_NEG, STUDENT_AND_REF, target_errors
+from prefopt_objectives.predictions import REF_L_NEG, STUDENT_AND_REF, target_errors
 
 
 class DiffusionDPO(Objective):
@@ -64,7 +64,7 @@ class DiffusionDPO(Objective):
 
     def loss(self, inputs: ObjectiveInputs) -> LossOutput:
         from prefopt_objectives import losses
-        from prefopt_objectives.slots import REF_L, REF_W, STUDENT_L, STUDENT_W
+        from prefopt_objectives.predictions import REF_L, REF_W, STUDENT_L, STUDENT_W
 
         raw = target_errors(inputs)
         swapped = inputs.swapped if self.config.random_condition is not None else None

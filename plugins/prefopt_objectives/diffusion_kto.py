@@ -7,7 +7,7 @@ from pydantic import Field
 from prefopt.interfaces import LossOutput, Objective, ObjectiveInputs
 from prefopt_objectives.prompt_rewrites import PromptDropout
 from prefopt_objectives.shared_settings import NoiseAndDropout
-from prefopt_objectives.slots import STUDENT_AND_REF, target_errors
+from prefopt_objectives.predictions import STUDENT_AND_REF, target_errors
 
 
 class DiffusionKTO(Objective):

@@ -94,7 +94,7 @@ class RandomCondition(PromptRewrite):
     def texts(self) -> list[str]:
         return [text for prompt, negatives in self.pool for text in (prompt, *negatives)]
 
-    def __call__(self, prompts, negatives, t_fraction, generator) -> RewrittenPrompts:
+    def __call__(self, prompts, degraded, t_fraction, generator) -> RewrittenPrompts:
         import torch
 
         n = len(prompts)
@@ -104,12 +104,12 @@ class RandomCondition(PromptRewrite):
             t_fraction, self.config.schedule, self.config.steepness)
         which = torch.randint(len(self.pool), (n,), generator=generator).tolist()
         variant = torch.rand(n, generator=generator, dtype=torch.float64).tolist()
-        prompts, negatives = list(prompts), list(negatives)
+        prompts, degraded = list(prompts), list(degraded)
         for i in hit.nonzero().flatten().tolist():
             extra, extra_negatives = self.pool[which[i]]
             prompts[i] = extra
-            negatives[i] = extra_negatives[min(int(variant[i] * len(extra_negatives)), len(extra_negatives) - 1)]
-        return RewrittenPrompts(prompts, negatives, hit)
+            degraded[i] = extra_negatives[min(int(variant[i] * len(extra_negatives)), len(extra_negatives) - 1)]
+        return RewrittenPrompts(prompts, degraded, hit)
 
 
 class PromptDropout(PromptRewrite):
@@ -121,13 +121,13 @@ class PromptDropout(PromptRewrite):
     def texts(self) -> list[str]:
         return [""]
 
-    def __call__(self, prompts, negatives, t_fraction, generator) -> RewrittenPrompts:
+    def __call__(self, prompts, degraded, t_fraction, generator) -> RewrittenPrompts:
         import torch
 
         n = len(prompts)
         drop = (torch.rand(n, generator=generator, dtype=torch.float64) < self.probability).tolist()
         kept = ["" if dropped else prompt for prompt, dropped in zip(prompts, drop)]
-        return RewrittenPrompts(kept, list(negatives), torch.zeros(n, dtype=torch.bool))
+        return RewrittenPrompts(kept, list(degraded), torch.zeros(n, dtype=torch.bool))
 
 
 def check_one_rewrite(random_condition, prompt_dropout: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from prefopt.interfaces import PluginConfig
-from prefopt_objectives.slots import PairNoise, noise_field
+from prefopt_objectives.predictions import PairNoise, noise_field
 
 
 class NoiseAndDropout(PluginConfig):

@@ -199,7 +199,7 @@ class LLMRewrite(PairSource):
         rows: list[PromptPair] = []
         for index, prompt in enumerate(prompts):
             for negative in rewrites.get(index, []):
-                rows.append(PromptPair(prompt=prompt, negative=negative, seed=row_seed(seed, len(rows))))
+                rows.append(PromptPair(prompt=prompt, degraded=negative, seed=row_seed(seed, len(rows))))
         return rows
 
     def _rewrite_all(self, generator, prompts: list[str], seed: int) -> dict[int, list[str]]:

@@ -128,7 +128,7 @@ class PickAPic(PairSource):
             first, second = _image_bytes(record["jpg_0"], path), _image_bytes(record["jpg_1"], path)
             winner, loser = (second, first) if label == 0 else (first, second)
             caption = (record["caption"] or "").strip()
-            yield PromptPair(prompt=caption, negative=caption, seed=row_seed(seed, count), winner=winner, loser=loser)
+            yield PromptPair(prompt=caption, degraded=caption, seed=row_seed(seed, count), winner=winner, loser=loser)
             count += 1
         if ties:
             log.info("pickapic skipped %d tie(s)", ties)

@@ -112,7 +112,7 @@ class RandomRemoval(PairSource):
             negatives = removal_variants(prompt, seed, self.config)
             skipped += not negatives
             for negative in negatives:
-                rows.append(PromptPair(prompt=prompt, negative=negative, seed=row_seed(seed, len(rows))))
+                rows.append(PromptPair(prompt=prompt, degraded=negative, seed=row_seed(seed, len(rows))))
         if skipped:
             log.info("random_removal skipped %d prompt(s) of fewer than 2 words", skipped)
         return rows

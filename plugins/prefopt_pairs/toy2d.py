@@ -36,7 +36,7 @@ class Toy2DPoints(PairSource):
         conditions = np.repeat(np.arange(cfg.layout.num_conditions), cfg.points_per_condition)
         points = cfg.layout.sample(conditions, rng, cfg.noisy_share)
         return [
-            PromptPair(prompt=str(c), negative=str(c), seed=i, winner=tuple(p), loser=tuple(p))
+            PromptPair(prompt=str(c), degraded=str(c), seed=i, winner=tuple(p), loser=tuple(p))
             for i, (c, p) in enumerate(zip(conditions.tolist(), points.tolist()))
         ]
 
@@ -61,6 +61,6 @@ class Toy2DNeighbours(PairSource):
         for condition in range(cfg.num_conditions):
             for _ in range(cfg.pairs_per_condition):
                 negative = layout.neighbours(condition)[int(rng.integers(2))]
-                rows.append(PromptPair(prompt=str(condition), negative=str(negative),
+                rows.append(PromptPair(prompt=str(condition), degraded=str(negative),
                                        seed=int(rng.integers(2**31))))
         return rows

@@ -49,7 +49,7 @@ class RandPositive(PairSource):
         prompts = require_prompts(prompts, self.name)
         partners = partner_rows(len(prompts), seed, self.name)
         return [
-            PromptPair(prompt=prompt, negative=prompts[j], seed=row_seed(seed, i), loser_from=j)
+            PromptPair(prompt=prompt, degraded=prompts[j], seed=row_seed(seed, i), loser_from=j)
             for i, (prompt, j) in enumerate(zip(prompts, partners))
         ]
 
@@ -91,6 +91,6 @@ class NotPaired(PairSource):
             log.info("not_paired skipped %d prompt(s) of fewer than 2 words", len(prompts) - len(kept))
         partners = partner_rows(len(kept), seed, self.name)
         return [
-            PromptPair(prompt=prompt, negative=negative, seed=row_seed(seed, i), loser_from=j)
+            PromptPair(prompt=prompt, degraded=negative, seed=row_seed(seed, i), loser_from=j)
             for i, ((prompt, negative), j) in enumerate(zip(kept, partners))
         ]

@@ -39,7 +39,7 @@ def synthetic_pairs(count: int, shape: list[int], seed: int) -> Iterator:
 
     generator = torch.Generator().manual_seed(seed)
     for i in range(count):
-        yield PromptPair(prompt=f"p{i % 997}", negative=f"n{i % 997}", seed=i,
+        yield PromptPair(prompt=f"p{i % 997}", degraded=f"n{i % 997}", seed=i,
                          winner=torch.randn(shape, generator=generator),
                          loser=torch.randn(shape, generator=generator))
 
@@ -77,7 +77,7 @@ def build_synthetic(directory: Path, backbone, recipe, count: int) -> Path:
     from prefopt.data.build import build_pair_dataset, verify_pair_dataset
     from prefopt.data.pairset import dataset_header, resolve_latent_dtype
 
-    identity = backbone.identity()
+    identity = backbone.data_signature()
     header = dataset_header(identity, {"synthetic": count, "seed": recipe.seed}, recipe.pairs.shard_size,
                             resolve_latent_dtype(recipe.pairs.latent_dtype, identity))
     if not verify_pair_dataset(directory, header, full=False):
@@ -191,7 +191,7 @@ def run_data_bench(resolved: ResolvedRecipe, registry, *, pairs: int, steps: int
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     result = {
-        "recipe": " ".join([resolved.source, *overrides]), "shape": "x".join(map(str, backbone.identity()["data_shape"])),
+        "recipe": " ".join([resolved.source, *overrides]), "shape": "x".join(map(str, backbone.data_signature()["data_shape"])),
         "dtype": recipe.pairs.latent_dtype, "pairs": pairs, "batch": f"{train.batch_size}x{train.grad_accum}",
         "workers": train.loader_workers, **io, "loader_pairs_per_s": throughput, **wait,
         "machine": machine_description(),

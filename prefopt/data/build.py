@@ -47,7 +47,7 @@ def _row_record(index: int, pair: PromptPair) -> dict[str, Any]:
     return {
         "index": index,
         "prompt": pair.prompt,
-        "negative": pair.negative,
+        "degraded": pair.degraded,
         "seed": int(pair.seed),
         "loser_from": pair.loser_from,
     }
@@ -89,7 +89,7 @@ def _shard_tensors(backbone: Backbone, pairs: Sequence[PromptPair], sample_batch
         if pair.winner is None:
             to_sample.append((i, "w", pair.prompt))
         if pair.loser is None and pair.loser_from is None:
-            to_sample.append((i, "l", pair.negative))
+            to_sample.append((i, "l", pair.degraded))
     if to_sample:
         sampled = _sample_in_chunks(
             backbone,

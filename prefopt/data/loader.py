@@ -117,7 +117,7 @@ class BatchLoader:
         self._stop_workers: weakref.finalize | None = None
 
     def batch(self, step: int, micro: int):
-        """x0_w, x0_l, prompts, negatives of this micro-step.
+        """x0_w, x0_l, prompts, degraded prompts of this micro-step.
 
         Micro-steps are asked for in order; ones the loop skipped (a step cut short
         by a non-finite loss) are passed over.

@@ -12,7 +12,7 @@ Layout of a pair dataset directory::
                                      metadata names the dataset id and the shard
     shards/shard-00012.json          sealed sidecar: the dataset id, the digest of
                                      the tensor file's header, and its rows (prompt,
-                                     negative, seed, loser_from, loser_row and the
+                                     degraded, seed, loser_from, loser_row and the
                                      digest of each row's x0_w and x0_l bytes)
     metadata.jsonl           the whole table, one row per pair, written at the end
                              (an export for people and tools; prefopt does not read it)
@@ -38,7 +38,7 @@ from prefopt.atomic import write_json_atomic
 from prefopt.data.integrity import identity_hash, read_sealed, seal
 from prefopt.errors import DataError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: a row's degraded prompt is stored as "degraded" (was "negative")
 MANIFEST = "manifest.json"
 MADE_WITH = "backbone.json"
 METADATA = "metadata.jsonl"
@@ -227,11 +227,11 @@ class PairDataset:
         return out
 
     def batch(self, indices: Sequence[int]):
-        """x0_w, x0_l (stacked, in the stored dtype), prompts and negatives for these rows."""
+        """x0_w, x0_l (stacked, in the stored dtype), prompts and degraded prompts for these rows."""
         indices = [int(i) for i in indices]
         return (
             self._read(indices, "w"),
             self._read(indices, "l"),
             [self.rows[i]["prompt"] for i in indices],
-            [self.rows[i]["negative"] for i in indices],
+            [self.rows[i]["degraded"] for i in indices],
         )

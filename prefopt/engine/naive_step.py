@@ -2,7 +2,7 @@
 
 KU-MIIL/DDSPO (ddspo/adapters/sd.py, ``training_step``) computes one SD step as:
 
-1. the text encoder on the batch's prompts c and then on its negatives c-,
+1. the text encoder on the batch's prompts c and then on its degraded prompts c-,
    every step (no cache, no de-duplication);
 2. the reference on [x_t^w ; x_t^l] with [c ; c-]: the DDSPO targets;
 3. the student on [x_t^w ; x_t^l] with [c ; c];
@@ -56,7 +56,7 @@ class NaiveStep(FusedStep):
         n = len(batch)
         with torch.no_grad():
             positive = self.encode(list(batch.prompts))
-            negative = self.encode(list(batch.negatives))
+            negative = self.encode(list(batch.degraded))
         cond = {key: torch.cat([positive[key], negative[key]]) for key in positive}
         rows = torch.arange(2 * n)
         return cond, {"c": rows[:n], "c-": rows[n:]}

@@ -22,7 +22,7 @@ class PairBatch:
     x0_w: torch.Tensor
     x0_l: torch.Tensor
     prompts: list[str]
-    negatives: list[str]
+    degraded: list[str]
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -82,8 +82,8 @@ class FusedStep:
         targets = {side: backbone.regression_target(x0[side], noise[side], t) for side in x0}
         swapped = None
         if self.rewrite is not None:
-            rewritten = self.rewrite(batch.prompts, batch.negatives, backbone.t_fraction(t).cpu(), generator)
-            batch = PairBatch(batch.x0_w, batch.x0_l, rewritten.prompts, rewritten.negatives)
+            rewritten = self.rewrite(batch.prompts, batch.degraded, backbone.t_fraction(t).cpu(), generator)
+            batch = PairBatch(batch.x0_w, batch.x0_l, rewritten.prompts, rewritten.degraded)
             swapped = rewritten.swapped.to(device)
 
         cond, cond_index = self._encode_prompts(batch)
@@ -127,7 +127,7 @@ class FusedStep:
         texts: list[str] = []
         position: dict[str, int] = {}
         index: dict[str, torch.Tensor] = {}
-        for slot, prompts in (("c", batch.prompts), ("c-", batch.negatives)):
+        for slot, prompts in (("c", batch.prompts), ("c-", batch.degraded)):
             if slot not in needed_slots:
                 continue
             rows = []

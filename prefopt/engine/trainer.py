@@ -244,7 +244,7 @@ class Trainer:
             return None
         from prefopt.engine.text_cache import TextCache
 
-        prompts = [text for row in self.dataset.rows for text in (row["prompt"], row["negative"])]
+        prompts = [text for row in self.dataset.rows for text in (row["prompt"], row["degraded"])]
         prompts += rewrite.texts() if rewrite is not None else []
         return TextCache.build(self.run_dir / "text_cache", self.backbone, prompts, self.cfg.batch_size * 4,
                                self.accelerator).encode
