@@ -15,13 +15,20 @@ from prefopt.atomic import write_atomic
 from prefopt.errors import file_errors
 
 
-def image_grid(rows: Sequence[Sequence[Any]], path: Path, *, row_labels: Sequence[str] = (),
-               column_titles: Sequence[str] = (), cell_titles: Sequence[Sequence[str]] = (),
-               cell_inches: tuple[float, float] = (2.2, 2.4), dpi: int = 120) -> Path:
-    """Write ``rows[r][c]`` (PIL images or arrays) as a grid; a short row leaves its last cells empty.
+def image_grid(rows: Sequence[Sequence[Any]], path: Path, **layout) -> Path:
+    """Write ``rows[r][c]`` (PIL images or arrays) as a grid PNG at ``path`` (see ``grid_png``)."""
+    with file_errors(path, "write"):
+        write_atomic(Path(path), grid_png(rows, **layout))
+    return Path(path)
+
+
+def grid_png(rows: Sequence[Sequence[Any]], *, row_labels: Sequence[str] = (), column_titles: Sequence[str] = (),
+             cell_titles: Sequence[Sequence[str]] = (), title: str | None = None,
+             cell_inches: tuple[float, float] = (2.2, 2.4), dpi: int = 120) -> bytes:
+    """``rows[r][c]`` drawn as one grid, as PNG bytes; a short row leaves its last cells empty.
 
     ``row_labels[r]`` is written left of row r, ``column_titles[c]`` above
-    column c (wrapped), ``cell_titles[r][c]`` above one cell.
+    column c (wrapped), ``cell_titles[r][c]`` above one cell, ``title`` above all.
     """
     import matplotlib
 
@@ -43,10 +50,10 @@ def image_grid(rows: Sequence[Sequence[Any]], path: Path, *, row_labels: Sequenc
                 ax.set_title(textwrap.fill(column_titles[c], 24), fontsize=7)
         if r < len(row_labels):
             axes[r][0].set_ylabel(row_labels[r], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=dpi)
     plt.close(fig)
-    with file_errors(path, "write"):
-        write_atomic(Path(path), image.getvalue())
-    return Path(path)
+    return image.getvalue()

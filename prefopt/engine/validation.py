@@ -15,9 +15,11 @@ from per-step generators that nothing here touches (tested bitwise).
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import shutil
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from prefopt.atomic import replace_dir
 from prefopt.errors import PrefoptError
 from prefopt.interfaces import REFERENCE, STUDENT, Backbone
 
@@ -73,12 +76,11 @@ def render_grid(backbone: Backbone, prompts: Sequence[str], x0: torch.Tensor, pe
             axes[0][i].set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
             axes[0][i].set_title(prompt[:40], fontsize=8)
     else:
-        fig, axes = plt.subplots(rows, per_prompt, figsize=(2.2 * per_prompt, 2.4 * rows), squeeze=False)
-        for i, prompt in enumerate(prompts):
-            for j in range(per_prompt):
-                axes[i][j].imshow(images[i * per_prompt + j])
-                axes[i][j].axis("off")
-            axes[i][0].set_title(prompt[:60], fontsize=8, loc="left")
+        from prefopt.figures import grid_png
+
+        png = grid_png([images[i * per_prompt:(i + 1) * per_prompt] for i in range(rows)],
+                       row_labels=[textwrap.fill(prompt[:60], 20) for prompt in prompts], title=title)
+        return Image.open(io.BytesIO(png)).convert("RGB")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.canvas.draw()
@@ -121,8 +123,7 @@ class Validator:
         grid.save(tmp / "grid.png")
         record = {"step": step, "source": source, "prompts": self.prompts, "seeds": self.seeds, "scores": scores}
         (tmp / "samples.json").write_text(json.dumps(record, indent=1) + "\n")
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.replace(directory)
+        replace_dir(tmp, directory)
         if self.tracking is not None and source == STUDENT:
             self.tracking.log_images({"validation/student": [np.asarray(grid)]}, step=step)
             if scores:
