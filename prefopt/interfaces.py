@@ -287,6 +287,13 @@ class Backbone(Plugin):
         """Whether ``sample`` is implemented, so pair sources that leave images to be drawn can use it."""
         return type(self).sample is not Backbone.sample
 
+    def check_sources(self, sources: set[str]) -> None:
+        """Raise a PrefoptError if these settings cannot give predictions from ``sources``.
+
+        Called before anything is loaded (``validate``, ``--dry-run``, ``run``) with
+        the sources the objective reads (``STUDENT``, ``REFERENCE``, policy names).
+        """
+
     def loss_weight(self, t: "torch.Tensor") -> "torch.Tensor":
         import torch
 

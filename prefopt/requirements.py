@@ -38,6 +38,17 @@ def check_requirements(resolved: ResolvedRecipe, registry: PluginRegistry, evalu
         if "images" in source.needs and backbone.data_space != "images":
             raise RecipeError(f"{place} gives images, but the {backbone.name} backbone trains on "
                               f"{backbone.data_space}")
+    objectives = [(("objective",), recipe.objective)]
+    if recipe.pretrain is not None:
+        objectives.append((("pretrain", "objective"), recipe.pretrain.objective))
+    for path, component in objectives:
+        objective = registry.get("objective", component.name)(resolved.config(*path))
+        try:
+            backbone.check_sources({p.source for p in objective.predictions()} | set(objective.policies()))
+        except RecipeError:
+            raise
+        except PrefoptError as exc:
+            raise RecipeError(f"{resolved.source}: {'.'.join(path)} {component.name!r}: {exc}") from exc
     if not evaluators:
         return
     for i, component in enumerate(recipe.eval):

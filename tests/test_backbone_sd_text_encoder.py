@@ -72,6 +72,27 @@ def test_lora_with_a_trained_text_encoder_is_one_error_line(tmp_path):
     assert len(error_lines(err)) == 1 and "train_text_encoder needs finetune.mode: full" in err, err
 
 
+@pytest.mark.parametrize("objective", ["ddspo", "diffusion_dpo", "diffusion_kto"])
+def test_reference_reading_objectives_are_refused_at_validate(tmp_path, objective):
+    """Before anything is loaded, not after the pairs are built (issue 13's up-front checks)."""
+    (tmp_path / "p.txt").write_text("a red 3\n")
+    recipe = {
+        "output_dir": str(tmp_path / "run"),
+        "backbone": {"name": "sd", "pretrained": "x", "train_text_encoder": True, "finetune": {"mode": "full"}},
+        "pairs": {"source": {"name": "random_removal"}, "prompts": {"path": str(tmp_path / "p.txt")}},
+        "objective": {"name": objective},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, err = cli("validate", path)
+    assert code == 2
+    assert len(error_lines(err)) == 1 and f"objective {objective!r}: backbone.train_text_encoder" in err, err
+    recipe["objective"] = {"name": "denoise"}
+    path.write_text(yaml.safe_dump(recipe))
+    code, err = cli("validate", path)
+    assert code == 0, err
+
+
 def test_describe_names_both_trained_modules():
     config = SDBackbone.Config(pretrained="x", finetune={"mode": "full"}, train_text_encoder=True)
     assert SDBackbone(config).describe()["trained"]["module"] == "unet + text_encoder"

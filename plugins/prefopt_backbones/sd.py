@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from prefopt.errors import PrefoptError
-from prefopt.interfaces import REFERENCE, Cond
+from prefopt.interfaces import STUDENT, Cond
 from prefopt_backbones.diffusers_base import DiffusersBackbone
 from prefopt_backbones.settings import DDPMConfig
 
@@ -70,6 +70,11 @@ class SDBackbone(DiffusersBackbone):
         # SDXL reuses these methods with a Config that has no such switch.
         return bool(getattr(self.config, "train_text_encoder", False))
 
+    def check_sources(self, sources: set[str]) -> None:
+        if self._trains_text_encoder() and set(sources) - {STUDENT}:
+            raise PrefoptError("backbone.train_text_encoder: this objective asks for reference predictions, "
+                               "which would read the trained text encoder too; use it with denoise")
+
     def load(self, runtime, policies=None) -> None:
         self._joint = None  # the UNet and text encoder as one trained module, with train_text_encoder
         super().load(runtime, policies)
@@ -103,9 +108,7 @@ class SDBackbone(DiffusersBackbone):
 
     def release_idle(self, sources, text_cached: bool) -> None:
         if self._trains_text_encoder():
-            if REFERENCE in set(sources) or self._policies:
-                raise PrefoptError("backbone.train_text_encoder: this objective asks for reference predictions, "
-                                   "which would read the trained text encoder too; use it with denoise")
+            self.check_sources(set(sources) | set(self._policies))
             text_cached = False  # the cache holds token ids; the trained text encoder is never idle
         super().release_idle(sources, text_cached)
 
