@@ -39,6 +39,13 @@ def test_text_encoder_trains_saves_and_loads_with_the_pipeline(tiny_sd_pixel, tm
     fresh = load_backbone(SDBackbone, tiny_sd_pixel, "full", vae=False, train_text_encoder=True)
     fresh.load_trained(str(tmp_path / "final"))
     assert all(torch.equal(after[k], v) for k, v in _text_weights(fresh).items())
+    # A saved model without its trained text encoder is refused, not paired with the untrained one.
+    import shutil
+
+    shutil.copytree(tmp_path / "final", tmp_path / "no_text")
+    shutil.rmtree(tmp_path / "no_text" / "text_encoder")
+    with pytest.raises(PrefoptError, match="holds no text_encoder/"):
+        fresh.load_trained(str(tmp_path / "no_text"))
     # Sampling goes through the pipeline with the trained encoder and the plain UNet.
     assert backbone.sample(["a red cube"], [0], source=STUDENT).shape[0] == 1
 

@@ -66,6 +66,8 @@ class SDBackbone(DiffusersBackbone):
 
     # ------------------------------------------------------------------ a trained text encoder
 
+    _joint = None  # the UNet and text encoder as one trained module, with train_text_encoder (set in load)
+
     def _trains_text_encoder(self) -> bool:
         # SDXL reuses these methods with a Config that has no such switch.
         return bool(getattr(self.config, "train_text_encoder", False))
@@ -76,7 +78,7 @@ class SDBackbone(DiffusersBackbone):
                                "which would read the trained text encoder too; use it with denoise")
 
     def load(self, runtime, policies=None) -> None:
-        self._joint = None  # the UNet and text encoder as one trained module, with train_text_encoder
+        self._joint = None
         super().load(runtime, policies)
         if runtime.train and self._trains_text_encoder():
             self._joint = self._trainable = self._unet_with_text_encoder()
@@ -95,11 +97,11 @@ class SDBackbone(DiffusersBackbone):
 
     def trainable_module(self):
         module = super().trainable_module()
-        return self._joint if getattr(self, "_joint", None) is not None else module
+        return self._joint if self._joint is not None else module
 
     def _student(self):
         student = super()._student()
-        return student.unet if getattr(self, "_joint", None) is not None else student
+        return student.unet if self._joint is not None else student
 
     def adopt_student_state(self, state_dict) -> None:
         if self._trains_text_encoder():
@@ -117,15 +119,17 @@ class SDBackbone(DiffusersBackbone):
         from pathlib import Path
 
         super().load_trained(directory)
-        saved = Path(directory) / "text_encoder"
-        if self._trains_text_encoder() and saved.is_dir():
-            from prefopt_backbones import loading
+        if not self._trains_text_encoder():
+            return
+        if not (Path(directory) / "text_encoder").is_dir():  # the UNet alone would pair with an untrained encoder
+            raise PrefoptError(f"{directory} holds no text_encoder/, which backbone.train_text_encoder trained")
+        from prefopt_backbones import loading
 
-            library, class_name = self.component_classes["text_encoder"]
-            encoder = self.modules["text_encoder"]
-            trained = loading.load_model(library, class_name, str(Path(directory)), "text_encoder", None, None,
-                                         loading.input_dtype(encoder))
-            encoder.load_state_dict(trained.state_dict())
+        library, class_name = self.component_classes["text_encoder"]
+        encoder = self.modules["text_encoder"]
+        trained = loading.load_model(library, class_name, str(Path(directory)), "text_encoder", None, None,
+                                     loading.input_dtype(encoder))
+        encoder.load_state_dict(trained.state_dict())
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()
@@ -242,7 +246,7 @@ class SDBackbone(DiffusersBackbone):
     # ------------------------------------------------------------------ prompts and the denoiser
 
     def encode_prompts(self, prompts) -> Cond:
-        if getattr(self, "_joint", None) is not None:  # the trained module encodes: token ids only
+        if self._joint is not None:  # the trained module encodes: token ids only
             return self._token_ids(prompts)
         embeds, _ = self._text_pipeline.encode_prompt(
             list(prompts), self.runtime.device, num_images_per_prompt=1, do_classifier_free_guidance=False
