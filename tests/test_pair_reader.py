@@ -201,3 +201,14 @@ def test_a_damaged_row_read_by_a_worker_is_one_data_error(tmp_path, toy):
     with pytest.raises(DataError, match=r"shard-00002\.safetensors is damaged \(row 4 of x0_w") as caught:
         loader.batch(0, 0)
     assert "\n" not in str(caught.value)
+
+
+def test_closing_a_loader_whose_iterator_ran_to_its_end(tmp_path, toy):
+    """torch has stopped the workers and closed their queues then: asking again must not fail."""
+    dataset = build(tmp_path, toy, rows())
+    loader = BatchLoader(dataset, EpochSampler(len(dataset), seed=0), batch_size=4, grad_accum=1, rank=0,
+                         world=1, start=0, max_steps=1, workers=1)
+    loader.batch(0, 0)
+    with pytest.raises(StopIteration):
+        next(loader._batches)
+    loader.close()

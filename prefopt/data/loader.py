@@ -168,6 +168,8 @@ def _stop_when_dropped(loader: BatchLoader, batches) -> weakref.finalize:
 def _stop_workers(batches, key: int) -> None:
     """Ask the iterator's workers to finish, as torch does, and let torch join them."""
     _running.pop(key, None)
+    if batches._shutdown:  # torch already stopped them (the iterator ran to its end)
+        return
     # torch's _shutdown_workers does nothing once its own exit hook has run (the order of
     # exit hooks depends on import order), so the request is made here first; a second
     # None from _shutdown_workers is never read.
