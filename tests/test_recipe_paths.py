@@ -146,3 +146,29 @@ def test_a_hub_id_with_a_dot_is_still_a_hub_id(folders, registry):
     config = _load(folders, registry, objective=objective).config("objective")
     assert config.winner_policy == "someone/policy-3.5-w"
     assert config.loser_policy == str(folders / "l" / "policy.safetensors")
+
+
+def test_digits_geneval_metadata(folders, registry):
+    resolved = _load(folders, registry, backbone={"name": "sd"},
+                     eval=[{"name": "digits_geneval", "metadata": "../prompt_sets/train.jsonl"}])
+    assert resolved.config("eval", 0).metadata == str(folders.parent / "prompt_sets" / "train.jsonl")
+
+
+def test_every_plugin_field_named_like_a_file_follows_the_rule(registry):
+    """A new plugin's file field left unmarked would follow the working directory (digits_geneval's did).
+
+    Model fields (``backbone.pretrained``) follow the working directory on purpose (docs/recipe-reference.md);
+    a field holding a nested Config (``prompts_file``) marks its own path.
+    """
+    from prefopt.paths import _kind
+
+    file_like = ("metadata", "path", "file", "checkpoint", "weights")
+    unmarked = []
+    for kind in ("backbone", "pair_source", "objective", "evaluator"):
+        for name in registry.names(kind):
+            config = registry.get(kind, name).Config
+            for field in config.model_fields:
+                nested = "Config" in str(config.model_fields[field].annotation)
+                if field.endswith(file_like) and not nested and _kind(config, field) is None:
+                    unmarked.append(f"{kind} {name}: {field}")
+    assert unmarked == []

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from pydantic import Field
 
+from prefopt.api import RECIPE_PATH
 from prefopt.interfaces import PluginConfig
 from prefopt_evaluators.geneval import GenEval
 
@@ -38,7 +39,8 @@ class DigitsGenEval(GenEval):
 
     class Config(PluginConfig):
         metadata: str | None = Field(None, min_length=1, description="prompt set in GenEval's metadata layout "
-                                                                     "(null: the 81 evaluation prompts shipped)")
+                                                                     "(null: the 81 evaluation prompts shipped)",
+                                     json_schema_extra=RECIPE_PATH)
         prefix: str = Field("geneval", pattern=r"^[A-Za-z0-9_.-]+$", description="metric and file prefix")
         images_per_prompt: int = Field(4, ge=1, description="images per prompt (GenEval: 4)")
         seed: int = Field(42, description="sampling seed; the same for every method compared")
