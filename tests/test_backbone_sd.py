@@ -127,7 +127,28 @@ def test_sample_is_seeded_per_row(tiny_sd):
     assert torch.allclose(alone, both[1:2], atol=1e-5)  # a row does not depend on its batch
     assert not torch.allclose(backbone.sample(PROMPTS[:1], [9]), both[:1])
     # LoRA: student and reference share one UNet, so one pipeline (built at load) serves every call.
-    assert len(backbone._pipelines) == 1 and backbone._pipelines[0] is backbone._text_pipeline
+    assert len(backbone._pipelines) == 1 and backbone._pipelines[0][1] is backbone._text_pipeline
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_compiled_sampling_draws_what_eager_draws_and_leaves_the_module_eager(tiny_sd, mode, monkeypatch):
+    from prefopt.engine import speed
+
+    monkeypatch.setattr(speed, "SAMPLING_BACKEND", "aot_eager")  # the graph inductor would get, without kernels
+    eager = load_backbone(SDBackbone, tiny_sd, mode).sample(PROMPTS, [1, 2, 3])
+    backbone = load_backbone(SDBackbone, tiny_sd, mode, compile_sampling=True)
+    compiled = backbone.sample(PROMPTS, [1, 2, 3])
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    reference = backbone._get_reference_module()
+    pipeline = backbone._sampling_pipeline(reference)
+    assert isinstance(pipeline.unet, torch._dynamo.eval_frame.OptimizedModule) and pipeline.unet._orig_mod is reference
+    assert reference._compiled_call_impl is None  # training's forwards stay eager
+    # The wrapper reads the weights as inputs (no freezing): a student that trained is sampled as it is now.
+    before = backbone.sample(PROMPTS, [1, 2, 3], source="student")
+    with torch.no_grad():
+        for p in backbone.trainable_module().parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert not torch.allclose(backbone.sample(PROMPTS, [1, 2, 3], source="student"), before, atol=1e-3)
 
 
 def test_sample_matches_the_diffusers_pipeline(tiny_sd):

@@ -67,7 +67,7 @@ class DiffusersBackbone(Backbone):
         self._reference_module = None  # module that gives reference and policy predictions (None: not loaded yet)
         self._policies: set[str] = set()
         self._policy_paths: dict[str, str] = {}
-        self._pipelines: list = []  # sampling pipelines, one per denoiser they wrap (built once)
+        self._pipelines: list = []  # (denoiser, its sampling pipeline), one per denoiser (built once)
         self._offloaded: set[str] = set()  # idle components moved to host memory
         self._freed: set[str] = set()  # idle components dropped, reloaded when next needed
 
@@ -379,12 +379,21 @@ class DiffusersBackbone(Backbone):
         return pipeline
 
     def _sampling_pipeline(self, denoiser):
-        """The pipeline with the configured sampler around ``denoiser``, built on first use and kept."""
-        for pipeline in self._pipelines:
-            if getattr(pipeline, self.denoiser_name) is denoiser:
+        """The pipeline with the configured sampler around ``denoiser``, built on first use and kept.
+
+        With ``compile_sampling`` the pipeline calls a compiled wrapper of ``denoiser``: the
+        module itself stays eager, so training's forwards and saved weights are untouched.
+        """
+        for wrapped, pipeline in self._pipelines:
+            if wrapped is denoiser:
                 return pipeline
-        pipeline = self._pipeline(denoiser)
-        self._pipelines.append(pipeline)
+        if self.config.compile_sampling:
+            from prefopt.engine.speed import compiled_for_sampling
+
+            pipeline = self._pipeline(compiled_for_sampling(denoiser))
+        else:
+            pipeline = self._pipeline(denoiser)
+        self._pipelines.append((denoiser, pipeline))
         return pipeline
 
     def sample(self, prompts: Sequence[str], seeds: Sequence[int], source: str = REFERENCE):

@@ -73,6 +73,11 @@ class DiffusersConfig(PluginConfig):
         description="diffusers scheduler class for sampling, e.g. DDIMScheduler "
         "(null: the class in the model's scheduler config, as its pipeline uses)",
     )
+    compile_sampling: bool = Field(
+        False,
+        description="torch.compile the denoiser as one graph for sampling (pairs and eval images); "
+        "the first call compiles (40-160 s on a CPU): pays for long builds (docs/performance.md)",
+    )
 
 
 class DDPMConfig(DiffusersConfig):
