@@ -103,3 +103,75 @@ def test_reference_reading_objectives_are_refused_at_validate(tmp_path, objectiv
 def test_describe_names_both_trained_modules():
     config = SDBackbone.Config(pretrained="x", finetune={"mode": "full"}, train_text_encoder=True)
     assert SDBackbone(config).describe()["trained"]["module"] == "unet + text_encoder"
+
+
+# Each worker of `accelerate launch` runs `prefopt run` and, after training, writes its own copy of
+# the trained module (UNet + text encoder): only rank 0 saves final/, so the ranks are compared here.
+RECORD_TRAINED = r"""
+import os, sys
+import prefopt.engine.trainer as trainer
+from safetensors.torch import save_file
+train = trainer.Trainer.train
+def recording_train(self):
+    result = train(self)
+    state = self.accelerator.unwrap_model(self.backbone.trainable_module()).state_dict()
+    save_file({k: v.detach().contiguous() for k, v in state.items()},
+              os.path.join(os.environ["TEST_RECORD_DIR"], f"trained-{self.rank}.safetensors"))
+    return result
+trainer.Trainer.train = recording_train
+fetch = trainer.Trainer.fetch_batch
+def recording_fetch(self, step, micro):
+    batch = fetch(self, step, micro)
+    with open(os.path.join(os.environ["TEST_RECORD_DIR"], f"prompts-{self.rank}.txt"), "a") as handle:
+        handle.write("\n".join(batch.prompts) + "\n")
+    return batch
+trainer.Trainer.fetch_batch = recording_fetch
+sys.argv = ["prefopt"] + sys.argv[1:]
+from prefopt.cli import main
+main()
+"""
+
+
+def test_two_processes_train_one_text_encoder(tmp_path):
+    """DDP must average the text encoder's gradients with the UNet's: each process reads other scenes,
+    so a text encoder outside the prepared module would train apart on each rank."""
+    import os
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from helpers import ENV, two_process_launch
+
+    pytest.importorskip("sklearn")
+    from prefopt_digits.model import build_untrained
+
+    init = build_untrained(tmp_path / "init")
+    recipe = {
+        "seed": 0, "output_dir": str(tmp_path / "run"),
+        "backbone": {"name": "sd", "pretrained": str(init), "vae": False, "finetune": {"mode": "full"},
+                     "train_text_encoder": True},
+        "pairs": {"source": {"name": "digit_scenes", "scenes": 32}},
+        "objective": {"name": "denoise"},
+        "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 0, "loader_workers": 0,
+                  "text_cache": True, "log_every": 1},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    script = tmp_path / "boot.py"
+    script.write_text(RECORD_TRAINED)
+    (tmp_path / "record").mkdir()
+    done = subprocess.run(two_process_launch(str(script), "run", str(path)), capture_output=True, text=True,
+                          env={**ENV, "TEST_RECORD_DIR": str(tmp_path / "record"), "OMP_NUM_THREADS": "1"},
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [load_file(str(tmp_path / "record" / f"trained-{r}.safetensors")) for r in (0, 1)]
+    initial = load_file(str(init / "text_encoder" / "model.safetensors"))
+    text = [k for k in ranks[0] if k.startswith("text_encoder.")]
+    assert text and ranks[0].keys() == ranks[1].keys()
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key  # one model, not two
+    moved = [k for k in text if not torch.equal(ranks[0][k], initial[k.removeprefix("text_encoder.")])]
+    assert "text_encoder.embeddings.token_embedding.weight" in moved
+    # ... though each rank trained on its own scenes.
+    read = [(tmp_path / "record" / f"prompts-{r}.txt").read_text().splitlines() for r in (0, 1)]
+    assert len(read[0]) == len(read[1]) == 8 and read[0] != read[1]
