@@ -1,6 +1,6 @@
 """A/B of pair-generation variants on one pipeline, interleaved in one process.
 
-    python bench/generation_cpu.py PIPELINE_DIR [--reps 5] [--pairs 16] [--steps 25] [--eager VARIANT...] [--compile regional whole frozen]
+    python bench/generation_cpu.py PIPELINE_DIR [--reps 5] [--pairs 16] [--steps 25] [--eager VARIANT...] [--compile regional whole frozen setting]
 
 Samples one chunk of ``--pairs`` pairs (winner and loser prompt of each row side by side, the same seed,
 CFG 7.5, as ``prefopt pairs build`` does with ``pairs.sample_batch_size=--pairs``) through SD's
@@ -16,7 +16,9 @@ diffusers pipeline on the reference UNet, in these variants, one after the other
   reference UNet is compiled with inductor: ``regional`` (train.compile's regional compilation of the
   repeated blocks), ``whole`` (the whole UNet) or ``frozen`` (the whole UNet with inductor's
   ``freezing``: weights folded in as constants and prepacked for the CPU's kernels, valid only while
-  they do not change); each one's first call, which compiles, is timed on its own.
+  they do not change), or ``setting`` (``backbone.compile_sampling: true``, what ``prefopt pairs build``
+  runs: the whole UNet behind a compiled wrapper); each one's first call, which compiles, is timed on
+  its own.
 
 Prints each variant's median images/s and its ratio to ``prompts``, the machine's load average, and the
 largest difference of each variant's latents from ``prompts``'s.
@@ -41,15 +43,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--eager", nargs="*", default=["embeds", "inference_mode", "chunk x2"],
                         help="eager variants to run besides 'prompts' (default: all)")
-    parser.add_argument("--compile", nargs="*", default=[], choices=["regional", "whole", "frozen"])
+    parser.add_argument("--compile", nargs="*", default=[], choices=["regional", "whole", "frozen", "setting"])
     args = parser.parse_args()
 
     from prefopt.interfaces import Runtime
     from prefopt_backbones.sd import SDBackbone
 
-    def load():
+    def load(**settings):
         backbone = SDBackbone(SDBackbone.Config(pretrained=str(args.pipeline), resolution=16,
-                                                num_inference_steps=args.steps))
+                                                num_inference_steps=args.steps, **settings))
         backbone.load(Runtime(device=torch.device("cpu"), dtype=torch.float32, train=False))
         return backbone
 
@@ -91,11 +93,11 @@ def main() -> None:
     for kind in args.compile:
         from prefopt.engine.speed import compile_repeated_blocks
 
-        compiled = load()
+        compiled = load(compile_sampling=kind == "setting")
         unet = compiled._get_reference_module()
         if kind == "regional":
             compile_repeated_blocks(unet)
-        else:
+        elif kind != "setting":
             unet.compile(options={"freezing": kind == "frozen"})
         began = time.perf_counter()
         compiled.sample(prompts[one], seeds[one])
