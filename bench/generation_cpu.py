@@ -12,12 +12,14 @@ diffusers pipeline on the reference UNet, in these variants, one after the other
   empty prompt's embedding repeated), so a call runs no text encoder;
 - ``inference_mode``: ``prompts`` under torch.inference_mode instead of the pipeline's no_grad;
 - ``chunk x2``: two chunks' worth of pairs in one call (images/s per image);
+- ``bf16``: ``prompts`` with the engine dtype bfloat16 (what ``train.mixed_precision: bf16`` loads the
+  frozen reference in), on CPUs with AMX / AVX512-BF16 kernels;
 - ``compiled <kind>`` (with ``--compile KIND...``): ``prompts`` on another copy of the pipeline whose
   reference UNet is compiled with inductor: ``regional`` (train.compile's regional compilation of the
   repeated blocks), ``whole`` (the whole UNet) or ``frozen`` (the whole UNet with inductor's
   ``freezing``: weights folded in as constants and prepacked for the CPU's kernels, valid only while
   they do not change), or ``setting`` (``backbone.compile_sampling: true``, what ``prefopt pairs build``
-  runs: the whole UNet behind a compiled wrapper); each one's first call, which compiles, is timed on
+  runs: the whole UNet behind a compiled wrapper; ``setting bf16`` the same in bfloat16); each one's first call, which compiles, is timed on
   its own.
 
 Prints each variant's median images/s and its ratio to ``prompts``, the machine's load average, and the
@@ -43,16 +45,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--eager", nargs="*", default=["embeds", "inference_mode", "chunk x2"],
                         help="eager variants to run besides 'prompts' (default: all)")
-    parser.add_argument("--compile", nargs="*", default=[], choices=["regional", "whole", "frozen", "setting"])
+    parser.add_argument("--compile", nargs="*", default=[], choices=["regional", "whole", "frozen", "setting", "setting bf16"])
     args = parser.parse_args()
 
     from prefopt.interfaces import Runtime
     from prefopt_backbones.sd import SDBackbone
 
-    def load(**settings):
+    def load(dtype=torch.float32, **settings):
         backbone = SDBackbone(SDBackbone.Config(pretrained=str(args.pipeline), resolution=16,
                                                 num_inference_steps=args.steps, **settings))
-        backbone.load(Runtime(device=torch.device("cpu"), dtype=torch.float32, train=False))
+        backbone.load(Runtime(device=torch.device("cpu"), dtype=dtype, train=False))
         return backbone
 
     backbone = load()
@@ -86,18 +88,21 @@ def main() -> None:
         "embeds": with_embeds,
         "inference_mode": inference_mode,
         "chunk x2": lambda: backbone.sample(prompts, seeds)[one],
+        "bf16": lambda: bf16.sample(prompts[one], seeds[one]),
     }
+    bf16 = load(torch.bfloat16) if "bf16" in args.eager else None
     variants = {name: fn for name, fn in variants.items() if name == "prompts" or name in args.eager}
     images = {name: 2 * args.pairs for name in variants}
     images["chunk x2"] = 4 * args.pairs
     for kind in args.compile:
         from prefopt.engine.speed import compile_repeated_blocks
 
-        compiled = load(compile_sampling=kind == "setting")
+        compiled = load(torch.bfloat16 if kind.endswith("bf16") else torch.float32,
+                        compile_sampling=kind.startswith("setting"))
         unet = compiled._get_reference_module()
         if kind == "regional":
             compile_repeated_blocks(unet)
-        elif kind != "setting":
+        elif not kind.startswith("setting"):
             unet.compile(options={"freezing": kind == "frozen"})
         began = time.perf_counter()
         compiled.sample(prompts[one], seeds[one])
