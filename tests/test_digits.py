@@ -169,7 +169,7 @@ def test_scorer_rejects_scenes_composed_for_another_prompt_of_the_same_tag():
 
 # ---------------------------------------------------------------- the shipped reference
 
-REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "digits" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "plugins" / "prefopt_digits" / "reference"
 
 
 def test_shipped_reference_is_a_small_pixel_space_pipeline_the_sd_backbone_loads():

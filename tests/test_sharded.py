@@ -1,4 +1,4 @@
-"""FSDP and DeepSpeed ZeRO through accelerate (configs/accelerate/).
+"""FSDP and DeepSpeed ZeRO through accelerate (recipes/accelerate/).
 
 On a CPU machine accelerate does not shard: ``--use_fsdp`` would silently
 train as plain data parallel, so prefopt refuses it. torch's FSDP2 does run on
@@ -6,7 +6,7 @@ gloo, so here: one DDSPO step of a tiny SD pipeline with its UNet sharded over
 two processes equals the unsharded step (reference, student, loss, update),
 and the gathered weights become a plain student that predicts and saves as
 the trained one. The accelerate launches need GPUs (marked ``gpu``, skipped
-without CUDA; ``bench/gpu-checks.sh`` runs them).
+without CUDA; ``docs/scripts/bench/gpu-checks.sh`` runs them).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from prefopt.interfaces import REFERENCE, STUDENT
 from prefopt_backbones.sd import SDBackbone
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs" / "accelerate"
+CONFIGS = ROOT / "recipes" / "accelerate"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP / DeepSpeed need CUDA")
 
 
@@ -65,7 +65,7 @@ def test_gathered_weights_make_a_plain_student(tiny_sd, tmp_path, mode):
 # ------------------------------------------------------------------------------ FSDP2 on gloo
 
 # Run by torch.distributed.run in each of 2 CPU processes: one DDSPO step of a tiny SD backbone whose
-# UNet is sharded with torch's fully_shard (FSDP2, what configs/accelerate/fsdp.yaml asks accelerate
+# UNet is sharded with torch's fully_shard (FSDP2, what recipes/accelerate/fsdp.yaml asks accelerate
 # for on GPUs; accelerate itself does not shard on a CPU machine), against the same step unsharded.
 FSDP2_STEP = r"""
 import json, sys

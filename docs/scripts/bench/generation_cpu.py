@@ -1,6 +1,6 @@
 """A/B of pair-generation variants on one pipeline, interleaved in one process.
 
-    python bench/generation_cpu.py PIPELINE_DIR [--reps 5] [--pairs 16] [--steps 25] [--eager VARIANT...] [--compile regional whole frozen setting]
+    python docs/scripts/bench/generation_cpu.py PIPELINE_DIR [--reps 5] [--pairs 16] [--steps 25] [--eager VARIANT...] [--compile regional whole frozen setting]
 
 Samples one chunk of ``--pairs`` pairs (winner and loser prompt of each row side by side, the same seed,
 CFG 7.5, as ``prefopt pairs build`` does with ``pairs.sample_batch_size=--pairs``) through SD's

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The checks that need CUDA: FSDP / DeepSpeed launches (tests/test_sharded.py, marked gpu)
 # and TF32. Run from the repository root on a GPU machine with prefopt installed:
-#   pip install -e ".[dev,deepspeed]" && bench/gpu-checks.sh
+#   pip install -e ".[dev,deepspeed]" && docs/scripts/bench/gpu-checks.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 python - <<'PY'
 import torch
 from prefopt.accelerate_setup import set_tf32

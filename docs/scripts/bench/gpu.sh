@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Every GPU row of docs/performance.md in one command (target: under 8 minutes on one H100/H200).
 #
-#   bench/gpu.sh [OUT_DIR]           # default OUT_DIR: runs/bench-gpu
-#   bench/gpu.sh --tiny [OUT_DIR]    # the same runs on the tests' tiny pipelines, on a CPU (checks the script)
+#   docs/scripts/bench/gpu.sh [OUT_DIR]           # default OUT_DIR: runs/bench-gpu
+#   docs/scripts/bench/gpu.sh --tiny [OUT_DIR]    # the same runs on the tests' tiny pipelines, on a CPU (checks the script)
 #
-# Models are random weights of the published configs, built in code (bench/models.py; nothing is
+# Models are random weights of the published configs, built in code (docs/scripts/bench/models.py; nothing is
 # downloaded): an SD1.5-shaped UNet at 64x64 latents (512 px), an SDXL-shaped UNet at 128x128
 # (1024 px) and a SANA-600M-shaped transformer at 32x32x32 (1024 px). Each run is `prefopt bench`
 # (the recipe's own training step, fused vs the official DDSPO step, interleaved, medians) in bf16;
 # LoRA and full fine-tuning; train.compile off and on; SDPA vs xformers attention (when installed).
 # Rows go to OUT_DIR/bench.md (copy them into docs/performance.md's GPU table); logs to OUT_DIR/*.log.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 TINY=0
 if [[ "${1:-}" == "--tiny" ]]; then TINY=1; shift; fi
 OUT=${1:-runs/bench-gpu}
@@ -30,7 +30,7 @@ fi
 build() {  # family -> pipeline directory (built once)
   local dir="$OUT/models/$1"
   if [[ ! -f "$dir/model_index.json" ]]; then
-    "$PY" bench/models.py "$1" "$dir" $( (( TINY )) && echo --tiny ) > "$OUT/build-$1.log" 2>&1
+    "$PY" docs/scripts/bench/models.py "$1" "$dir" $( (( TINY )) && echo --tiny ) > "$OUT/build-$1.log" 2>&1
   fi
   echo "$dir"
 }

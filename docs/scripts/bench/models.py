@@ -4,11 +4,11 @@
 (tests/tiny_models.py's, with a UNet of a chosen width). ``sd15``, ``sdxl``
 and ``sana`` are the published model configs (UNet / transformer layouts as in
 the hub repositories' config.json) with random weights, and text encoders of
-the real widths, for the GPU rows (bench/gpu.sh). Each writes a pipeline
+the real widths, for the GPU rows (docs/scripts/bench/gpu.sh). Each writes a pipeline
 directory with ``save_pretrained`` and a prompt file the recipes read.
 
-    python bench/models.py tiny_sd OUT_DIR [--width 128]
-    python bench/models.py {sd15,sdxl,sana} OUT_DIR [--tiny]
+    python docs/scripts/bench/models.py tiny_sd OUT_DIR [--width 128]
+    python docs/scripts/bench/models.py {sd15,sdxl,sana} OUT_DIR [--tiny]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
 from tiny_models import WORDS, _clip_text_config, _clip_tokenizer, _vae_kl  # noqa: E402  (the tests' tiny parts)
 
 
@@ -171,7 +171,7 @@ def sana(directory: Path) -> Path:
 
 
 def tiny(family: str, directory: Path) -> Path:
-    """tests/tiny_models.py's pipelines (bench/gpu.sh --tiny: the script end to end in a minute on a CPU)."""
+    """tests/tiny_models.py's pipelines (docs/scripts/bench/gpu.sh --tiny: the script end to end in a minute on a CPU)."""
     import tiny_models
 
     builder = {"sd15": lambda d: tiny_sd(d, width=16), "sdxl": tiny_models.build_sdxl,

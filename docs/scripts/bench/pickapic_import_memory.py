@@ -6,7 +6,7 @@ of rows. This script writes a synthetic Pick-a-Pic parquet file per size (two
 PNG images of noise per row), runs `prefopt pairs build` on each in a fresh
 process, interleaving the sizes, and prints the median peak RSS of each size.
 
-    python bench/pickapic_import_memory.py --pretrained DIR [--sizes 2000 20000] [--repeats 2]
+    python docs/scripts/bench/pickapic_import_memory.py --pretrained DIR [--sizes 2000 20000] [--repeats 2]
 
 DIR is an SD pipeline directory (a tiny one from tests/tiny_models.py works:
 the images are encoded at --resolution by its VAE).

@@ -1,8 +1,8 @@
 """torch.profiler over the fused DDSPO training step on a pipeline directory (CPU or GPU).
 
-    python bench/profile_step.py PIPELINE_DIR [--mode full|lora] [--batch 8] [--steps 5] [--rows 20]
+    python docs/scripts/bench/profile_step.py PIPELINE_DIR [--mode full|lora] [--batch 8] [--steps 5] [--rows 20]
 
-Loads the ``sd`` backbone from PIPELINE_DIR (e.g. one bench/models.py wrote), runs
+Loads the ``sd`` backbone from PIPELINE_DIR (e.g. one docs/scripts/bench/models.py wrote), runs
 a few warm-up steps of FusedStep + backward + AdamW, then profiles ``--steps``
 more and prints the top operators by self time (CPU, or CUDA on a GPU).
 """

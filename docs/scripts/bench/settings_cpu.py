@@ -1,6 +1,6 @@
 """A/B of train.channels_last and train.optimizer_impl on one pipeline, interleaved in one process.
 
-    python bench/settings_cpu.py PIPELINE_DIR [--reps 5] [--batch 8]
+    python docs/scripts/bench/settings_cpu.py PIPELINE_DIR [--reps 5] [--batch 8]
 
 Times the fused DDSPO step's forward + backward (full fine-tune) with the UNet in contiguous and in
 channels-last memory format, alternating, and AdamW's step over the UNet's parameters with the
