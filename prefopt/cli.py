@@ -281,6 +281,13 @@ def main() -> None:
             sys.exit(getattr(exc, "exit_code", 2))
         if "Abort" in kinds:
             sys.exit(130)
+        if "TorchDynamoException" in kinds and not _state["debug"]:
+            # train.compile / backbone.compile_sampling on a machine whose compiler toolchain
+            # torch cannot use (no C++ compiler, an unsupported GPU): the cause and the way out.
+            cause = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            _error(f"torch.compile failed: {cause} (turn off train.compile and backbone.compile_sampling, "
+                   "or --debug for the trace)")
+            sys.exit(2)
         raise
 
 if __name__ == "__main__":

@@ -88,3 +88,22 @@ def test_unpaired_pairs_reuse_another_prompts_positive(tmp_path, tiny_sd):
         assert torch.equal(x0_l[i], x0_w[row["loser_from"]])
         assert set(negatives[i].split()) < set(prompts[i].split())  # c- is this prompt, degraded
     assert (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_a_compiler_torch_cannot_use_is_one_error_line(tmp_path, tiny_sd):
+    """backbone.compile_sampling on a machine without a working C++ compiler: one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = yaml.safe_load(write_recipe(tmp_path, tiny_sd, "lora").read_text())
+    recipe["backbone"]["compile_sampling"] = True
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # nothing compiled before can be reused
+    done = subprocess.run([sys.executable, "-m", "prefopt.cli", "run", str(tmp_path / "recipe.yaml")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "torch.compile failed" in errors[0] and "compiler" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
