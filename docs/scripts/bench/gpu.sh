@@ -8,7 +8,8 @@
 # downloaded): an SD1.5-shaped UNet at 64x64 latents (512 px), an SDXL-shaped UNet at 128x128
 # (1024 px) and a SANA-600M-shaped transformer at 32x32x32 (1024 px). Each run is `prefopt bench`
 # (the recipe's own training step, fused vs the official DDSPO step, interleaved, medians) in bf16;
-# LoRA and full fine-tuning; train.compile off and on; SDPA vs xformers attention (when installed).
+# LoRA and full fine-tuning; train.compile off and on; pair generation with backbone.compile_sampling;
+# SDPA vs xformers attention (when installed).
 # Rows go to OUT_DIR/bench.md (copy them into docs/performance.md's GPU table); logs to OUT_DIR/*.log.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -60,6 +61,7 @@ NOGEN=(--no-generation)
 
 bench sd15-lora        recipes/sd14_ddspo.yaml "$SD" "$SD_BATCH" "$RES_SD" "${LORA[@]}"
 bench sd15-lora-compile recipes/sd14_ddspo.yaml "$SD" "$SD_BATCH" "$RES_SD" "${LORA[@]}" train.compile=true "${NOGEN[@]}"
+bench sd15-lora-compile-sampling recipes/sd14_ddspo.yaml "$SD" "$SD_BATCH" "$RES_SD" "${LORA[@]}" backbone.compile_sampling=true
 bench sd15-full        recipes/sd14_ddspo.yaml "$SD" "$SD_BATCH" "$RES_SD" "${FULL[@]}" "${NOGEN[@]}"
 bench sd15-full-compile recipes/sd14_ddspo.yaml "$SD" "$SD_BATCH" "$RES_SD" "${FULL[@]}" train.compile=true "${NOGEN[@]}"
 if "$PY" -c "import xformers" 2>/dev/null; then
