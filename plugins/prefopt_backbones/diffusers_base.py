@@ -384,8 +384,8 @@ class DiffusersBackbone(Backbone):
         With ``compile_sampling`` the pipeline calls a compiled wrapper of ``denoiser``: the
         module itself stays eager, so training's forwards and saved weights are untouched.
         """
-        for wrapped, pipeline in self._pipelines:
-            if wrapped is denoiser:
+        for module, pipeline in self._pipelines:
+            if module is denoiser:
                 return pipeline
         if self.config.compile_sampling:
             from prefopt.engine.speed import compiled_for_sampling

@@ -19,8 +19,8 @@ diffusers pipeline on the reference UNet, in these variants, one after the other
   repeated blocks), ``whole`` (the whole UNet) or ``frozen`` (the whole UNet with inductor's
   ``freezing``: weights folded in as constants and prepacked for the CPU's kernels, valid only while
   they do not change), or ``setting`` (``backbone.compile_sampling: true``, what ``prefopt pairs build``
-  runs: the whole UNet behind a compiled wrapper; ``setting bf16`` the same in bfloat16); each one's first call, which compiles, is timed on
-  its own.
+  runs: the whole UNet behind a compiled wrapper; ``setting bf16`` the same in bfloat16); each one's
+  first call, which compiles, is timed on its own.
 
 Prints each variant's median images/s and its ratio to ``prompts``, the machine's load average, and the
 largest difference of each variant's latents from ``prompts``'s.
@@ -83,6 +83,7 @@ def main() -> None:
         with torch.inference_mode():
             return pipeline(prompt=prompts[one], generator=generators(one), **common).images.clone()
 
+    bf16 = load(torch.bfloat16) if "bf16" in args.eager else None  # the engine dtype train.mixed_precision=bf16 gives
     variants = {
         "prompts": lambda: backbone.sample(prompts[one], seeds[one]),
         "embeds": with_embeds,
@@ -90,7 +91,6 @@ def main() -> None:
         "chunk x2": lambda: backbone.sample(prompts, seeds)[one],
         "bf16": lambda: bf16.sample(prompts[one], seeds[one]),
     }
-    bf16 = load(torch.bfloat16) if "bf16" in args.eager else None
     variants = {name: fn for name, fn in variants.items() if name == "prompts" or name in args.eager}
     images = {name: 2 * args.pairs for name in variants}
     images["chunk x2"] = 4 * args.pairs
