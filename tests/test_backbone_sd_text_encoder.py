@@ -44,8 +44,12 @@ def test_text_encoder_trains_saves_and_loads_with_the_pipeline(tiny_sd_pixel, tm
 
     shutil.copytree(tmp_path / "final", tmp_path / "no_text")
     shutil.rmtree(tmp_path / "no_text" / "text_encoder")
+    untouched = load_backbone(SDBackbone, tiny_sd_pixel, "full", vae=False, train_text_encoder=True)
+    unet_before = {k: v.clone() for k, v in untouched.modules["unet"].state_dict().items()}
     with pytest.raises(PrefoptError, match="holds no text_encoder/"):
-        fresh.load_trained(str(tmp_path / "no_text"))
+        untouched.load_trained(str(tmp_path / "no_text"))
+    # ... before anything was loaded: no trained UNet beside the untrained encoder.
+    assert all(torch.equal(unet_before[k], v) for k, v in untouched.modules["unet"].state_dict().items())
     # Sampling goes through the pipeline with the trained encoder and the plain UNet.
     assert backbone.sample(["a red cube"], [0], source=STUDENT).shape[0] == 1
 

@@ -251,6 +251,31 @@ def test_unknown_objects_are_refused_in_one_line_or_skipped(tiny_detector):
         spatial_evaluator(tiny_detector, prompts=["a dog near a frog"], unknown_objects="skip").eval_rows()
 
 
+def test_alias_keys_match_whatever_their_case(tiny_detector):
+    """Prompt objects are parsed lowercased; an alias written "Frog" must still map "a frog"."""
+    evaluator = spatial_evaluator(tiny_detector, prompts=["a dog near a Frog"], aliases={"Frog": "cat"})
+    assert evaluator.config.aliases == {"frog": "cat"}
+    assert evaluator.eval_rows()[0].data.classes(evaluator.config.aliases) == ("dog", "cat")
+
+
+def test_a_damaged_detector_config_or_label_file_is_one_line(tiny_detector, tmp_path):
+    import shutil
+
+    broken = tmp_path / "detector"
+    shutil.copytree(tiny_detector, broken)
+    for damaged in ("[1, 2]", '{"model_type": "nonsense"}'):
+        (broken / "config.json").write_text(damaged)
+        with pytest.raises(DataError, match="cannot read the spatial detector's config") as caught:
+            spatial_evaluator(broken).eval_rows()
+        assert "\n" not in str(caught.value)
+    names = tmp_path / "object_names.txt"
+    names.write_bytes("chien\n".encode("utf-16"))
+    with pytest.raises(DataError, match="is not UTF-8 text"):
+        spatial_evaluator(tiny_detector, object_names=str(names)).eval_rows()
+    with pytest.raises(DataError, match="cannot read"):
+        spatial_evaluator(tiny_detector, object_names=str(tmp_path)).eval_rows()  # a directory
+
+
 def test_spatial_evaluate_writes_metrics_and_results(tiny_detector, tiny_sd, tmp_path):
     from tiny_models import load_backbone
 

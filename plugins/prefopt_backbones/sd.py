@@ -118,11 +118,13 @@ class SDBackbone(DiffusersBackbone):
         """As the base class; with train_text_encoder also the saved pipeline's text encoder."""
         from pathlib import Path
 
-        super().load_trained(directory)
-        if not self._trains_text_encoder():
-            return
-        if not (Path(directory) / "text_encoder").is_dir():  # the UNet alone would pair with an untrained encoder
+        trains_text = self._trains_text_encoder()
+        # Refused before anything is loaded: the UNet alone would pair with an untrained encoder.
+        if trains_text and not (Path(directory) / "text_encoder").is_dir():
             raise PrefoptError(f"{directory} holds no text_encoder/, which backbone.train_text_encoder trained")
+        super().load_trained(directory)
+        if not trains_text:
+            return
         from prefopt_backbones import loading
 
         library, class_name = self.component_classes["text_encoder"]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from prefopt.errors import DataError
+from prefopt.errors import DataError, describe_os_error
 from prefopt_evaluators.geneval_rules import COLOURS, Detection, classes_of
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -107,7 +107,13 @@ def label_names(config, object_names: str | None = None) -> list[str]:
     spelling."""
     if object_names is None:
         return [GENEVAL_NAMES.get(config.id2label[i], config.id2label[i]) for i in range(config.num_labels)]
-    labels = [line.strip() for line in Path(object_names).read_text().splitlines() if line.strip()]
+    try:
+        text = Path(object_names).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{object_names} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {describe_os_error(exc, object_names)}") from None
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
     if len(labels) != config.num_labels:
         raise DataError(f"{object_names} names {len(labels)} classes; the detector has {config.num_labels}")
     return labels

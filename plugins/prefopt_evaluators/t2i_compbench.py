@@ -29,7 +29,7 @@ import logging
 import re
 from typing import Any, Literal, Sequence
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from prefopt.api import RECIPE_PATH
 from prefopt.errors import DataError
@@ -84,6 +84,12 @@ class T2ICompBench(PromptSetEvaluator):
         prefix: str = Field("compbench", pattern=r"^[A-Za-z0-9_.-]+$",
                             description="metric and file prefix, e.g. compbench_color")
 
+        @field_validator("aliases")
+        @classmethod
+        def _lowercase_words(cls, aliases: dict[str, str]) -> dict[str, str]:
+            # Prompt objects are parsed lowercased: a key written "Cat" must still match "cat".
+            return {word.lower(): label for word, label in aliases.items()}
+
     def eval_rows(self) -> list[EvalRow]:
         if self.config.part != "spatial":
             return super().eval_rows()
@@ -111,7 +117,12 @@ class T2ICompBench(PromptSetEvaluator):
 
         from prefopt_evaluators.geneval_detector import label_names
 
-        return label_names(AutoConfig.from_pretrained(self.config.detector), self.config.object_names)
+        try:
+            config = AutoConfig.from_pretrained(self.config.detector)
+        except (OSError, ValueError) as exc:  # missing, damaged or not a transformers config
+            raise DataError(f"cannot read the spatial detector's config {self.config.detector}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        return label_names(config, self.config.object_names)
 
     def local_files(self) -> list[str]:
         return [self.config.object_names] if self.config.part == "spatial" and self.config.object_names else []

@@ -72,10 +72,10 @@ def read_extra_prompts(paths: Sequence[str], exclude: set[str]) -> list[tuple[st
         if not path.is_file():
             raise DataError(f"random_condition: extra prompt file not found: {path}")
         for _, item in jsonl_objects(path):
-            prompt, negatives = item.get("prompt"), item.get("neg_prompts")
-            if (isinstance(prompt, str) and prompt and prompt not in exclude and isinstance(negatives, list)
-                    and negatives and all(isinstance(n, str) for n in negatives)):
-                pool.append((prompt, list(negatives)))
+            prompt, degraded = item.get("prompt"), item.get("neg_prompts")
+            if (isinstance(prompt, str) and prompt and prompt not in exclude and isinstance(degraded, list)
+                    and degraded and all(isinstance(n, str) for n in degraded)):
+                pool.append((prompt, list(degraded)))
     if not pool:
         raise DataError(
             f"random_condition: no usable extra prompts in {', '.join(paths)} "
@@ -92,7 +92,7 @@ class RandomCondition(PromptRewrite):
         self.pool = read_extra_prompts(config.prompts, train_prompts)
 
     def texts(self) -> list[str]:
-        return [text for prompt, negatives in self.pool for text in (prompt, *negatives)]
+        return [text for prompt, degraded in self.pool for text in (prompt, *degraded)]
 
     def __call__(self, prompts, degraded, t_fraction, generator) -> RewrittenPrompts:
         import torch
@@ -106,9 +106,9 @@ class RandomCondition(PromptRewrite):
         variant = torch.rand(n, generator=generator, dtype=torch.float64).tolist()
         prompts, degraded = list(prompts), list(degraded)
         for i in hit.nonzero().flatten().tolist():
-            extra, extra_negatives = self.pool[which[i]]
+            extra, extra_degraded = self.pool[which[i]]
             prompts[i] = extra
-            degraded[i] = extra_negatives[min(int(variant[i] * len(extra_negatives)), len(extra_negatives) - 1)]
+            degraded[i] = extra_degraded[min(int(variant[i] * len(extra_degraded)), len(extra_degraded) - 1)]
         return RewrittenPrompts(prompts, degraded, hit)
 
 
