@@ -258,6 +258,15 @@ def test_alias_keys_match_whatever_their_case(tiny_detector):
     assert evaluator.eval_rows()[0].data.classes(evaluator.config.aliases) == ("dog", "cat")
 
 
+def test_spatial_prompts_are_read_once_for_check_and_scoring(tiny_detector, monkeypatch):
+    evaluator = spatial_evaluator(tiny_detector)
+    reads = []
+    labels = evaluator.detector_labels
+    monkeypatch.setattr(evaluator, "detector_labels", lambda: reads.append(1) or labels())
+    evaluator.check()
+    assert evaluator.eval_rows() == evaluator.eval_rows() and len(reads) == 1
+
+
 def test_a_damaged_detector_config_or_label_file_is_one_line(tiny_detector, tmp_path):
     import shutil
 

@@ -93,6 +93,12 @@ class T2ICompBench(PromptSetEvaluator):
     def eval_rows(self) -> list[EvalRow]:
         if self.config.part != "spatial":
             return super().eval_rows()
+        # check() and evaluate() both ask: read the files and parse (and warn) once.
+        if getattr(self, "_spatial_rows", None) is None:
+            self._spatial_rows = self._read_spatial_rows()
+        return self._spatial_rows
+
+    def _read_spatial_rows(self) -> list[EvalRow]:
         parsed = [(p, parse_spatial(p, f"{self.name} spatial prompt {i + 1}")) for i, p in enumerate(self.prompts())]
         labels = set(self.detector_labels())
         known = []
