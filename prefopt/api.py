@@ -1,4 +1,4 @@
-"""prefopt's public plugin API, version 1: everything a third-party plugin may import.
+"""prefopt's public plugin API, version 2: everything a third-party plugin may import.
 
 A plugin package imports from this module only. Anything else under ``prefopt``
 (the engine, the recipe loader, the first-party ``prefopt_*`` plugin packages)
@@ -8,11 +8,13 @@ may change between releases without notice; the names below change only with
 A plugin declares the version it was written for with a module attribute in
 the module its entry point names::
 
-    PREFOPT_API = 1
+    PREFOPT_API = 2
 
 prefopt refuses a plugin whose declared version it does not support, naming the
 plugin in one ``error:`` line (a plugin that declares nothing is taken to target
-version 1, the only version so far). See docs/writing-a-plugin.md.
+version 1, the API before versions were declared). Version 2 renamed what version 1
+called negative prompts and ``Backbone.identity`` (docs/writing-a-plugin.md lists the
+changes), so a version-1 plugin is refused instead of failing mid-run.
 
 Importing this module stays cheap: no torch, no diffusers.
 """
@@ -45,10 +47,10 @@ from prefopt.interfaces import (
     Runtime,
 )
 
-API_VERSION = 1
+API_VERSION = 2
 """The version of this API. A plugin's ``PREFOPT_API`` must be one of ``SUPPORTED_API_VERSIONS``."""
 
-SUPPORTED_API_VERSIONS = frozenset({1})
+SUPPORTED_API_VERSIONS = frozenset({2})
 
 API_ATTRIBUTE = "PREFOPT_API"
 """The hook-module attribute where a plugin declares the API version it targets."""

@@ -183,6 +183,8 @@ def _objective_dist(site: Path, dist: str, package: str, objective_name: str) ->
                 from prefopt.hookspecs import hookimpl
                 from prefopt.interfaces import Objective
 
+                PREFOPT_API = 2
+
 
                 class Twin(Objective):
                     \"\"\"An objective whose name another plugin also claims.\"\"\"
@@ -241,6 +243,7 @@ def _module_with(name: str, *classes) -> ModuleType:
         return list(classes)
 
     module.prefopt_objectives = prefopt_objectives
+    module.PREFOPT_API = 2
     return module
 
 

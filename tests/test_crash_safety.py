@@ -57,6 +57,7 @@ def prefopt_objectives():
 
 faulty_plugin = types.ModuleType("faulty_plugin")
 faulty_plugin.prefopt_objectives = prefopt_objectives
+faulty_plugin.PREFOPT_API = 2
 
 
 @pytest.fixture()

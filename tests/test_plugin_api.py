@@ -43,7 +43,7 @@ def _one_error_line(code: int, err: str) -> str:
 
 
 def test_the_api_exports_every_interface_and_helper():
-    assert api.API_VERSION == 1
+    assert api.API_VERSION == 2
     for name in api.__all__:
         assert hasattr(api, name), name
     exported = [getattr(api, name) for name in api.__all__]
@@ -73,14 +73,15 @@ def _hook_module(version) -> types.ModuleType:
     return module
 
 
-@pytest.mark.parametrize("version", [None, 1])
-def test_a_supported_or_undeclared_api_version_is_accepted(version):
+@pytest.mark.parametrize("version", [2])
+def test_a_supported_api_version_is_accepted(version):
     PluginRegistry([_hook_module(version)], autoload=False)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", True])
+@pytest.mark.parametrize("version", [None, 0, 1, 3, "2", True])
 def test_another_api_version_is_refused_naming_the_plugin(version):
-    with pytest.raises(PluginError, match=r"plugin someone_elses_plugin targets prefopt plugin API .* provides API 1"):
+    # None: a plugin that declares nothing targets version 1, whose names version 2 changed.
+    with pytest.raises(PluginError, match=r"plugin someone_elses_plugin targets prefopt plugin API .* provides API 2"):
         PluginRegistry([_hook_module(version)], autoload=False)
 
 
@@ -152,7 +153,7 @@ def test_a_sampled_pair_source_on_a_backbone_that_cannot_sample_is_refused(tmp_p
             "prefopt_no_sampling/plugin.py": """
                 from prefopt.api import Backbone, hookimpl
 
-                PREFOPT_API = 1
+                PREFOPT_API = 2
 
 
                 class Scorer(Backbone):

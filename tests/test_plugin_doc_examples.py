@@ -40,7 +40,7 @@ def plugins() -> types.ModuleType:
 
     pair_source, evaluator, backbone = _module("A pair source"), _module("An evaluator"), _module("A backbone")
     hooks = types.ModuleType("doc_examples_plugin")
-    hooks.PREFOPT_API = 1
+    hooks.PREFOPT_API = 2
     hooks.prefopt_pair_sources = hookimpl(lambda: [pair_source.WordShuffle])
     hooks.prefopt_evaluators = hookimpl(lambda: [evaluator.MeanDistance])
     hooks.prefopt_backbones = hookimpl(lambda: [backbone.PointsMLP])

@@ -92,15 +92,15 @@ def test_a_plugin_for_another_api_version_is_refused(site, tmp_path):
         tmp_path / "future", "prefopt-future-plugin",
         {
             "prefopt_future_plugin/__init__.py": "",
-            "prefopt_future_plugin/plugin.py": "PREFOPT_API = 2\n",
+            "prefopt_future_plugin/plugin.py": "PREFOPT_API = 3\n",
         },
         {"future": "prefopt_future_plugin.plugin"},
     )
     for command in (["plugins"], ["validate", str(EXAMPLE_PLUGIN / "recipes" / "toy2d_cpo.yaml")]):
         code, _, err, _ = run_cli(command, site, future)
         line = _one_error_line(code, err)
-        assert "prefopt-future-plugin:prefopt_future_plugin.plugin targets prefopt plugin API 2" in line
-        assert "provides API 1" in line
+        assert "prefopt-future-plugin:prefopt_future_plugin.plugin targets prefopt plugin API 3" in line
+        assert "provides API 2" in line
 
 
 def test_a_recipe_using_it_validates(site):
@@ -171,6 +171,8 @@ def test_two_distributions_registering_one_objective(site, tmp_path):
             "prefopt_clashing_plugin/plugin.py": """
                 from prefopt.hookspecs import hookimpl
                 from prefopt.interfaces import Objective
+
+                PREFOPT_API = 2
 
 
                 class OtherCPO(Objective):

@@ -8,6 +8,8 @@ from prefopt_backbones.sd3 import SD3Backbone
 from prefopt_backbones.sdxl import SDXLBackbone
 from prefopt_backbones.toy2d import Toy2DBackbone
 
+PREFOPT_API = 2  # the prefopt.api version these plugins are written for
+
 
 @hookimpl
 def prefopt_backbones():

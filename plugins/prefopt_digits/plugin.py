@@ -4,6 +4,8 @@ from prefopt.hookspecs import hookimpl
 from prefopt_digits.evaluator import DigitsGenEval
 from prefopt_digits.pairs import DigitScenes
 
+PREFOPT_API = 2  # the prefopt.api version these plugins are written for
+
 
 @hookimpl
 def prefopt_pair_sources():

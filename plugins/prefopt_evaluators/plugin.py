@@ -9,6 +9,8 @@ from prefopt_evaluators.preference_scores import Aesthetic, HPSv2
 from prefopt_evaluators.t2i_compbench import T2ICompBench
 from prefopt_evaluators.toy2d import Toy2DModes
 
+PREFOPT_API = 2  # the prefopt.api version these plugins are written for
+
 
 @hookimpl
 def prefopt_evaluators():

@@ -10,6 +10,8 @@ from prefopt_objectives.denoise import Denoise
 from prefopt_objectives.diffusion_dpo import DiffusionDPO
 from prefopt_objectives.diffusion_kto import DiffusionKTO
 
+PREFOPT_API = 2  # the prefopt.api version these plugins are written for
+
 
 @hookimpl
 def prefopt_objectives():

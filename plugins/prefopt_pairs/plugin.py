@@ -11,6 +11,8 @@ from prefopt_pairs.random_removal import RandomRemoval
 from prefopt_pairs.toy2d import Toy2DNeighbours, Toy2DPoints
 from prefopt_pairs.unpaired import NotPaired, RandPositive
 
+PREFOPT_API = 2  # the prefopt.api version these plugins are written for
+
 
 @hookimpl
 def prefopt_pair_sources():
