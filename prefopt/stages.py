@@ -51,13 +51,20 @@ def _build_or_reuse_pairs(pairs_cfg: PairsConfig, source_config, registry: Plugi
                           full_check: bool) -> Path:
     """Build the pair dataset, or reuse a complete one made with the same settings.
 
-    A complete dataset with other settings is an error, unless ``replace_stale``
-    (prefopt chose the directory, the user did not), when it is rebuilt. Damaged
-    shards of a reused dataset are built again (``full_check``: every row's bytes
-    are checked, as ``pairs build`` does; otherwise sidecars and headers).
+    A complete dataset with other settings, or in another prefopt version's format, is an
+    error, unless ``replace_stale`` (prefopt chose the directory, the user did not), when it
+    is rebuilt. Damaged shards of a reused dataset are built again (``full_check``: every
+    row's bytes are checked, as ``pairs build`` does; otherwise sidecars and headers).
     """
     from prefopt.data.build import build_pair_dataset, is_complete, verify_pair_dataset
-    from prefopt.data.pairset import check_identity, dataset_header, read_manifest, resolve_latent_dtype
+    from prefopt.data.pairset import (FormatError, check_identity, dataset_header, read_manifest,
+                                      resolve_latent_dtype)
+
+    def discard(why: str) -> None:
+        log.warning("rebuilding %s: %s", directory, why)
+        if accelerator.is_main_process:
+            shutil.rmtree(directory)
+        accelerator.wait_for_everyone()
 
     settings = {"source": {"name": pairs_cfg.source.name, **source_config.model_dump(mode="json")},
                 "prompts": pairs_cfg.prompts.model_dump(mode="json") if pairs_cfg.prompts else None,
@@ -67,7 +74,14 @@ def _build_or_reuse_pairs(pairs_cfg: PairsConfig, source_config, registry: Plugi
         settings["reference"] = reference
     header = dataset_header(backbone.data_signature(), settings, pairs_cfg.shard_size,
                             resolve_latent_dtype(pairs_cfg.latent_dtype, backbone.data_signature()))
-    if is_complete(directory):
+    try:
+        complete = is_complete(directory)
+    except FormatError:
+        if not replace_stale:
+            raise
+        discard("it was built by another prefopt version")
+        complete = False
+    if complete:
         # A finished dataset is reused only for the backbone and settings it was built with.
         manifest = read_manifest(directory)
         check_identity(manifest, backbone.data_signature(), directory)
@@ -79,10 +93,7 @@ def _build_or_reuse_pairs(pairs_cfg: PairsConfig, source_config, registry: Plugi
             raise DataError(f"pair dataset {directory} was built with different pairs settings; "
                             "delete it or point pairs.dir elsewhere")
         else:
-            log.warning("rebuilding %s: it was built with other pairs settings", directory)
-            if accelerator.is_main_process:
-                shutil.rmtree(directory)
-            accelerator.wait_for_everyone()
+            discard("it was built with other pairs settings")
     source = registry.get("pair_source", pairs_cfg.source.name)(source_config)
     prompts = None
     if pairs_cfg.prompts:

@@ -322,6 +322,29 @@ def test_finished_pairs_with_other_settings_are_rebuilt_in_the_run_and_refused_e
     assert json.loads((user_dir / "manifest.json").read_text()) == manifest  # untouched
 
 
+def test_pairs_in_another_prefopts_format_are_rebuilt_in_the_run_and_refused_elsewhere(tmp_path):
+    """A whole dataset written by another prefopt version (pair format 2) is never rebuilt in a user's pairs.dir."""
+    from prefopt.data.integrity import seal
+
+    recipe = write_recipe(tmp_path)
+    code, err = cli("run", recipe, "train.max_steps=2")
+    assert code == 0, err
+    pairs_dir = tmp_path / "run" / "pairs"
+    manifest = json.loads((pairs_dir / "manifest.json").read_text())
+    (pairs_dir / "manifest.json").write_text(json.dumps(seal({**manifest, "format": 2})))
+    before = {p.name: p.read_bytes() for p in sorted((pairs_dir / "shards").iterdir())}
+    for command in (["pairs", "build", recipe, f"pairs.dir={pairs_dir}"],
+                    ["run", recipe, "--overwrite", "train.max_steps=2", f"pairs.dir={pairs_dir}"]):
+        line = one_error(*cli(*command))
+        assert line == (f"error: pair dataset {pairs_dir} is in format 2 (another prefopt version), this "
+                        "prefopt reads 3; delete it or point pairs.dir elsewhere")
+        assert {p.name: p.read_bytes() for p in sorted((pairs_dir / "shards").iterdir())} == before  # untouched
+    # In the run's own pairs/ (prefopt chose the place) --overwrite rebuilds it in the current format.
+    code, err = cli("run", recipe, "--overwrite", "train.max_steps=2")
+    assert code == 0, err
+    assert json.loads((pairs_dir / "manifest.json").read_text())["format"] == 3
+
+
 # -------------------------------------------------------------------------------- precision
 
 

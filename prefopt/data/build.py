@@ -25,6 +25,7 @@ from prefopt.atomic import write_atomic, write_json_atomic
 from prefopt.data.integrity import seal
 from prefopt.data.pairset import (
     IDENTITY_FIELDS,
+    FormatError,
     MADE_WITH,
     MANIFEST,
     METADATA,
@@ -152,6 +153,8 @@ def _existing_manifest(directory: Path) -> dict[str, Any] | None:
         return None
     try:
         return read_manifest(directory)
+    except FormatError:
+        raise  # whole, only older: rebuilding it would destroy another version's data
     except DataError as exc:
         log.warning("%s; writing it again", str(exc).split(";")[0])
         return None
@@ -293,5 +296,7 @@ def is_complete(directory: str | Path) -> bool:
         return False
     try:
         return bool(read_manifest(Path(directory)).get("complete"))
+    except FormatError:
+        raise
     except DataError:
         return False

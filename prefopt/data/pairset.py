@@ -46,6 +46,10 @@ METADATA = "metadata.jsonl"
 IDENTITY_FIELDS = ("format", "backbone", "pairs", "shard_size", "latent_dtype")
 
 
+class FormatError(DataError):
+    """A whole pair dataset in another prefopt version's format: never rebuilt in place unasked."""
+
+
 def shard_stem(index: int) -> str:
     return f"shard-{index:05d}"
 
@@ -85,8 +89,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise DataError(f"no pair dataset at {directory} (missing {MANIFEST}); build it with `prefopt pairs build`")
     manifest = read_sealed(path, repair_hint(directory))
     if manifest.get("format") != FORMAT_VERSION:
-        raise DataError(f"{path} is in format {manifest.get('format')!r}, this prefopt reads {FORMAT_VERSION}; "
-                        f"{repair_hint(directory)}")
+        raise FormatError(f"pair dataset {directory} is in format {manifest.get('format')!r} (another prefopt "
+                          f"version), this prefopt reads {FORMAT_VERSION}; delete it or point pairs.dir elsewhere")
     if identity_hash({key: manifest.get(key) for key in IDENTITY_FIELDS}) != manifest.get("dataset_id"):
         raise DataError(f"{path} is damaged (its dataset id does not match its settings); {repair_hint(directory)}")
     return manifest
