@@ -45,18 +45,18 @@ def _files(directory: Path) -> list[str]:
                       if not p.is_dir() and p.name != RECORD)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    from prefopt.atomic import write_atomic
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    from prefopt.atomic import write_json_atomic
 
     with file_errors(path, "write"):
-        write_atomic(path, data)
+        write_json_atomic(path, record)
 
 
 def seal(directory: Path, run_id: str) -> None:
     """Record the sha256 of every file in ``directory`` and the run that made it."""
     directory = Path(directory)
     record = {"run_id": run_id, "files": {name: sha256_file(directory / name) for name in _files(directory)}}
-    _write_atomic(directory / RECORD, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    _write_json(directory / RECORD, record)
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -102,7 +102,7 @@ def new_run_id() -> str:
 
 
 def write_run_record(run_dir: Path, run_id: str) -> None:
-    _write_atomic(Path(run_dir) / RUN_RECORD, (json.dumps({"run_id": run_id}) + "\n").encode())
+    _write_json(Path(run_dir) / RUN_RECORD, {"run_id": run_id})
 
 
 def run_id_of(run_dir: Path) -> str | None:

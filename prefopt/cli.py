@@ -230,7 +230,7 @@ def pairs_show(
     recipe: Optional[Path] = typer.Option(
         None, "--recipe", help="recipe whose backbone decodes the pairs (default: the one that built them)"
     ),
-    count: int = typer.Option(8, help="pairs to show"),
+    count: int = typer.Option(8, min=1, help="pairs to show"),
     output: Optional[Path] = typer.Option(None, help="PNG path (default: DIR/pairs.png)"),
 ) -> None:
     """Write a PNG grid of decoded pairs with their prompts."""

@@ -20,7 +20,15 @@ def backbone_that_made(directory: Path, registry):
     if not isinstance(made_with, dict) or not {"backbone", "config"} <= set(made_with):
         raise DataError(f"{path} is damaged (no backbone and config); pass --recipe to say which backbone decodes it")
     cls = registry.get("backbone", made_with["backbone"], where=str(path))
-    return cls(cls.Config.model_validate(made_with["config"]))
+    from pydantic import ValidationError
+
+    try:
+        return cls(cls.Config.model_validate(made_with["config"]))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "config"
+        raise DataError(f"{path} is damaged ({where}: {first['msg']}); pass --recipe to say which backbone "
+                        "decodes it") from None
 
 
 def show_pairs(backbone, directory: Path, count: int = 8, output: Path | None = None) -> Path:
@@ -29,8 +37,8 @@ def show_pairs(backbone, directory: Path, count: int = 8, output: Path | None = 
     from prefopt.data.pairset import PairDataset
     from prefopt.figures import image_grid
 
+    dataset = PairDataset(directory, identity=backbone.data_signature())  # refused before minutes of loading
     accelerator = load_backbone(backbone, TrainConfig(), training=False)
-    dataset = PairDataset(directory, identity=backbone.data_signature())
     n = min(count, len(dataset))
     x0_w, x0_l, prompts, degraded = dataset.batch(range(n))
     winners, losers = backbone.decode(x0_w.to(accelerator.device)), backbone.decode(x0_l.to(accelerator.device))

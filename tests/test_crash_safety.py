@@ -262,6 +262,22 @@ def test_corrupt_manifest(tmp_path):
     assert code == 0, err
 
 
+def test_a_damaged_backbone_record_or_count_for_pairs_show_is_one_line(tmp_path):
+    pairs_dir = tmp_path / "pairs"
+    code, err = cli("pairs", "build", write_recipe(tmp_path), f"pairs.dir={pairs_dir}")
+    assert code == 0, err
+    record = pairs_dir / "backbone.json"
+    made_with = json.loads(record.read_text())
+    record.write_text(json.dumps({**made_with, "config": {**made_with["config"], "bogus": 1}}))
+    line = one_error(*cli("pairs", "show", pairs_dir))
+    assert line.startswith(f"error: {record} is damaged (bogus: ") and "pass --recipe" in line
+    record.write_text(json.dumps(made_with))
+    for count in ("0", "-2"):
+        assert "--count" in one_error(*cli("pairs", "show", pairs_dir, "--count", count))
+    # The whole record is read again (the toy's points have no images to draw, which is the next check).
+    assert "no images to decode" in one_error(*cli("pairs", "show", pairs_dir, "--count", "2"))
+
+
 def test_corrupt_shard_is_refused(tmp_path):
     pairs_dir = tmp_path / "pairs"
     recipe = write_recipe(tmp_path)

@@ -114,7 +114,7 @@ class BatchLoader:
             worker_init_fn=_init_worker,
         )
         self._batches: Iterator | None = None
-        self._stop_workers: weakref.finalize | None = None
+        self._finalizer: weakref.finalize | None = None
 
     def batch(self, step: int, micro: int):
         """x0_w, x0_l, prompts, degraded prompts of this micro-step.
@@ -125,7 +125,7 @@ class BatchLoader:
         if self._batches is None:
             self._batches = iter(self._loader)
             if self._loader.num_workers:
-                self._stop_workers = _stop_when_dropped(self, self._batches)
+                self._finalizer = _stop_when_dropped(self, self._batches)
         while True:
             got_step, got_micro, batch = next(self._batches)
             if (got_step, got_micro) >= (step, micro):
@@ -138,9 +138,9 @@ class BatchLoader:
 
     def close(self) -> None:
         """Stop the workers now."""
-        if self._stop_workers is not None:
-            self._stop_workers()
-        self._batches = self._stop_workers = None
+        if self._finalizer is not None:
+            self._finalizer()
+        self._batches = self._finalizer = None
 
 
 # Stopping workers, and why torch's own shutdown is not enough here.
@@ -168,13 +168,17 @@ def _stop_when_dropped(loader: BatchLoader, batches) -> weakref.finalize:
 def _stop_workers(batches, key: int) -> None:
     """Ask the iterator's workers to finish, as torch does, and let torch join them."""
     _running.pop(key, None)
-    if batches._shutdown:  # torch already stopped them (the iterator ran to its end)
+    if getattr(batches, "_shutdown", False):  # torch already stopped them (the iterator ran to its end)
         return
     # torch's _shutdown_workers does nothing once its own exit hook has run (the order of
     # exit hooks depends on import order), so the request is made here first; a second
-    # None from _shutdown_workers is never read.
-    batches._workers_done_event.set()
-    for queue in batches._index_queues:
+    # None from _shutdown_workers is never read. These are torch's private names (2.x): read
+    # with getattr, so a torch that renames them still gets its own shutdown call, and
+    # tests/test_pair_reader.py's orphan tests say whether that is enough.
+    done = getattr(batches, "_workers_done_event", None)
+    if done is not None:
+        done.set()
+    for queue in getattr(batches, "_index_queues", ()):
         queue.put(None)
     batches._shutdown_workers()
 

@@ -66,21 +66,20 @@ def render_grid(backbone: Backbone, prompts: Sequence[str], x0: torch.Tensor, pe
     if images is None and not (x0.dim() == 2 and x0.shape[1] == 2):
         raise PrefoptError(f"validation: the {backbone.name} backbone's samples are neither images nor 2-D points")
     rows = len(prompts)
-    if images is None:
-        fig, axes = plt.subplots(1, rows, figsize=(2.2 * rows, 2.4), squeeze=False)
-        points = x0.detach().float().cpu().numpy()
-        lim = float(np.abs(points).max()) * 1.1 + 1e-6
-        for i, prompt in enumerate(prompts):
-            chunk = points[i * per_prompt:(i + 1) * per_prompt]
-            axes[0][i].scatter(chunk[:, 0], chunk[:, 1], s=4)
-            axes[0][i].set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
-            axes[0][i].set_title(prompt[:40], fontsize=8)
-    else:
+    if images is not None:
         from prefopt.figures import grid_png
 
         png = grid_png([images[i * per_prompt:(i + 1) * per_prompt] for i in range(rows)],
                        row_labels=[textwrap.fill(prompt[:60], 20) for prompt in prompts], title=title)
         return Image.open(io.BytesIO(png)).convert("RGB")
+    fig, axes = plt.subplots(1, rows, figsize=(2.2 * rows, 2.4), squeeze=False)
+    points = x0.detach().float().cpu().numpy()
+    lim = float(np.abs(points).max()) * 1.1 + 1e-6
+    for i, prompt in enumerate(prompts):
+        chunk = points[i * per_prompt:(i + 1) * per_prompt]
+        axes[0][i].scatter(chunk[:, 0], chunk[:, 1], s=4)
+        axes[0][i].set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
+        axes[0][i].set_title(prompt[:40], fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.canvas.draw()
