@@ -64,7 +64,8 @@ def test_without_the_switch_the_text_encoder_stays_frozen(tiny_sd_pixel):
 def test_objectives_with_reference_predictions_are_refused(tiny_sd_pixel):
     backbone = load_backbone(SDBackbone, tiny_sd_pixel, "full", vae=False, train_text_encoder=True)
     with pytest.raises(PrefoptError, match="train_text_encoder: this objective asks for reference predictions"):
-        backbone.release_idle({STUDENT, REFERENCE}, text_cached=False)
+        backbone.check_sources({STUDENT, REFERENCE})  # what validate and Trainer.setup call
+    backbone.check_sources({STUDENT})
     backbone.release_idle({STUDENT}, text_cached=True)  # denoise: allowed; the trained encoder stays
     assert backbone.modules["text_encoder"] is backbone.trainable_module().text_encoder
 
@@ -179,3 +180,17 @@ def test_two_processes_train_one_text_encoder(tmp_path):
     # ... though each rank trained on its own scenes.
     read = [(tmp_path / "record" / f"prompts-{r}.txt").read_text().splitlines() for r in (0, 1)]
     assert len(read[0]) == len(read[1]) == 8 and read[0] != read[1]
+
+
+def test_a_trainer_built_in_code_refuses_them_at_setup(tiny_sd_pixel, tmp_path):
+    """validate refuses the recipe; a Trainer built without it is refused when it sets up."""
+    from prefopt.accelerate_setup import make_accelerator
+    from prefopt.engine.trainer import Trainer
+    from prefopt.recipe import TrainConfig
+
+    backbone = load_backbone(SDBackbone, tiny_sd_pixel, "full", vae=False, train_text_encoder=True)
+    cfg = TrainConfig(max_steps=1, batch_size=1, report_to=[])
+    trainer = Trainer(backbone=backbone, objective=objective("ddspo", beta=500), dataset=None, cfg=cfg,
+                      run_dir=tmp_path, seed=0, accelerator=make_accelerator(cfg))
+    with pytest.raises(PrefoptError, match="train_text_encoder: this objective asks for reference predictions"):
+        trainer.setup()

@@ -110,7 +110,6 @@ class SDBackbone(DiffusersBackbone):
 
     def release_idle(self, sources, text_cached: bool) -> None:
         if self._trains_text_encoder():
-            self.check_sources(set(sources) | set(self._policies))
             text_cached = False  # the cache holds token ids; the trained text encoder is never idle
         super().release_idle(sources, text_cached)
 

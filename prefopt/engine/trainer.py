@@ -155,6 +155,9 @@ class Trainer:
 
     def setup(self, resume_from: Path | None = None) -> None:
         cfg, accelerator = self.cfg, self.accelerator
+        sources = {p.source for p in self.objective.predictions()}
+        # Validation refused these already; a Trainer built in code has not been through it.
+        self.backbone.check_sources(sources | set(self.objective.policies()))
         lr = cfg.effective_lr(self.world)
         self._speed_settings()
         self.params = list(self.backbone.trainable_parameters())
@@ -195,7 +198,7 @@ class Trainer:
 
         self.validator = make_validator(self)  # draws the reference now, before idle parts are released
         # Pairs are cached data (and prompts, with the text cache): what training leaves idle may go.
-        self.backbone.release_idle({p.source for p in self.objective.predictions()}, cfg.text_cache)
+        self.backbone.release_idle(sources, cfg.text_cache)
         if resume_from is not None:
             self.resume(resume_from)
         if accelerator.is_main_process:
