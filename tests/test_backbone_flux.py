@@ -9,6 +9,7 @@ FlowMatchEulerDiscreteScheduler with dynamic shifting as in FLUX.1-dev's config.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,8 +179,28 @@ def _assert_pipeline_gives_student(pipeline, backbone):
     assert torch.allclose(noise - student, _one_step(pipeline, 4, guidance_scale=3.5), atol=1e-5)
 
 
-def test_lora_save_loads_into_the_pipeline(tiny_flux, tmp_path):
-    backbone = _backbone(tiny_flux, finetune={"rank": 4, "alpha": 8})
+def _recipe_target_modules():
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "flux_ddspo.yaml"
+    return yaml.safe_load(path.read_text())["backbone"]["finetune"][
+        "target_modules"]
+
+
+@pytest.mark.parametrize("targets", ["default", "recipe"])
+def test_lora_save_loads_into_the_pipeline(tiny_flux, tmp_path, targets):
+    """The default targets and flux_ddspo.yaml's (the diffusers FLUX script's 12 layers: both streams'
+    attention and feed-forwards) train, save and load into FluxPipeline."""
+    finetune = {"rank": 4, "alpha": 8}
+    if targets == "recipe":
+        finetune["target_modules"] = _recipe_target_modules()
+    backbone = _backbone(tiny_flux, finetune=finetune)
+    if targets == "recipe":
+        adapted = {name for name, module in backbone.trainable_module().named_modules() if hasattr(module, "lora_A")}
+        assert "transformer_blocks.0.ff_context.net.2" in adapted
+        assert "transformer_blocks.0.attn.add_q_proj" in adapted
+        assert "single_transformer_blocks.0.attn.to_q" in adapted  # the single blocks' shared attention
+        assert "single_transformer_blocks.0.proj_mlp" not in adapted  # not a target of the script
     train_steps(backbone, objective("ddspo"), 2)
     backbone.save(str(tmp_path / "final"))
     pipeline = _pipeline(tiny_flux)
@@ -215,7 +236,6 @@ def test_describe_reads_nothing():
 def test_shipped_recipe_takes_the_official_sd3_run_and_the_diffusers_flux_script():
     """recipes/flux_ddspo.yaml: the DDSPO values of the official SD3 run (the code has no FLUX run); the FLUX
     values of diffusers' train_dreambooth_lora_flux.py defaults and FluxPipeline's."""
-    from pathlib import Path
 
     from prefopt.recipe import load_recipe
     from prefopt.registry import PluginRegistry
@@ -241,7 +261,11 @@ def test_shipped_recipe_takes_the_official_sd3_run_and_the_diffusers_flux_script
             for key, value in values.items():
                 assert data[section][key] == value, f"{section}.{key}"
     assert data["backbone"]["finetune"] == {"mode": "lora", "rank": 128, "alpha": 128.0, "init": "gaussian",
-                                            "target_modules": ["to_k", "to_q", "to_v", "to_out.0"]}
+                                            "target_modules": [
+                                                "attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0",
+                                                "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj",
+                                                "attn.to_add_out", "ff.net.0.proj", "ff.net.2",
+                                                "ff_context.net.0.proj", "ff_context.net.2"]}
 
 
 def test_prefopt_run_trains_and_final_loads_into_the_pipeline(tiny_flux, tmp_path):

@@ -60,7 +60,7 @@ DDSPO_SDXL = {
 DDSPO_SANA = {
     "per_process": {"batch": 4, "grad_accum": 256}, "processes": 2,
     "lr": 4e-8, "scale_lr": True, "schedule": "constant", "warmup": 0, "steps": 500,
-    "mixed_precision": "no", "checkpoint_every": 50, **ADAMW,
+    "mixed_precision": "no", "allow_tf32": False, "checkpoint_every": 50, **ADAMW,
     "objective": {"name": "ddspo", "beta": 2000, "weighting": "none", "noise": "shared",
                   "random_condition": None, "winner_policy": None},
     "backbone": {"pretrained": "Efficient-Large-Model/Sana_600M_1024px_diffusers",
@@ -186,6 +186,8 @@ def test_recipe_matches_the_official_run(name, registry):
 
     for key in ("optimizer", "adam_betas", "weight_decay", "max_grad_norm", "mixed_precision"):
         assert getattr(train, key) == run[key], key
+    if "allow_tf32" in run:  # where it matters: the official fp32 run, which does not pass --allow_tf32
+        assert train.allow_tf32 == run["allow_tf32"]
     assert (train.max_steps, train.warmup_steps, train.checkpoint_every) == (
         run["steps"], run["warmup"], run["checkpoint_every"])
 

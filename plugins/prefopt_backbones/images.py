@@ -38,11 +38,16 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def _square(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size``, then a centre crop (Diffusion-DPO's preprocessing, no random crop)."""
-    scale = size / min(image.size)
-    width, height = (max(size, round(side * scale)) for side in image.size)
-    image = image.resize((width, height), Image.Resampling.BICUBIC)
-    left, top = (width - size) // 2, (height - size) // 2
+    """Shorter side to ``size``, then a centre crop: the official Diffusion-DPO and Diffusion-KTO
+    preprocessing without its random flip, i.e. torchvision's ``Resize(size, BILINEAR)`` (the longer side
+    truncated to ``int(size * long / short)``) and ``CenterCrop(size)`` (offsets rounded)."""
+    width, height = image.size
+    if width <= height:
+        width, height = size, max(size, int(size * height / width))
+    else:
+        width, height = max(size, int(size * width / height)), size
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
+    left, top = round((width - size) / 2), round((height - size) / 2)
     return image.crop((left, top, left + size, top + size))
 
 
