@@ -36,6 +36,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+from prefopt.errors import PrefoptError
 from prefopt.recipe import ResolvedRecipe
 
 # Dense peak TFLOP/s per device and math dtype (vendor datasheets, without sparsity).
@@ -117,7 +118,6 @@ def _pair_rows(resolved: ResolvedRecipe, registry, count: int) -> list:
     """The first ``count`` rows (prompt, degraded, seed) of the recipe's pair source."""
     from itertools import islice
 
-    from prefopt.errors import PrefoptError
 
     recipe = resolved.recipe
     prompts = None
@@ -227,7 +227,11 @@ def run_bench(resolved: ResolvedRecipe, registry, steps: int, output: Path | Non
     from prefopt.engine.trainer import Trainer
 
     recipe = resolved.recipe
-    repetitions = max(steps, 1)
+    if steps < 1:
+        raise PrefoptError(f"--steps must be at least 1 (got {steps})")
+    output = Path(output or Path(recipe.output_dir) / "bench.md")
+    read_rows(output, TITLE)  # a file the rows cannot go to is refused before minutes of timing
+    repetitions = steps
     # The recipe's step, without what a bench must not do: trackers, validation, checkpoints.
     # Enough optimizer steps for the schedule: warm-up and FLOP count (2 per kind) + the timed ones.
     total_steps = 4 + 2 * repetitions
@@ -283,7 +287,6 @@ def run_bench(resolved: ResolvedRecipe, registry, steps: int, output: Path | Non
     if gen_seconds:
         images = 2 * min(len(rows), recipe.pairs.sample_batch_size)
         result["generation"] = {"images": images, "images_per_s": images / statistics.median(gen_seconds)}
-    output = Path(output or Path(recipe.output_dir) / "bench.md")
     _append(output, result)
     _print(result, output)
     return result
@@ -302,9 +305,24 @@ def _print(result: dict, output: Path) -> None:
     print(f"on {result['machine']} ({result['repetitions']} interleaved repetitions, medians) -> {output}")
 
 
+TITLE = "# prefopt bench\n\nWritten by `prefopt bench`.\n\n"
 HEADER = ("| date | recipe | batch×accum | precision | step | ms/step | pairs/s | peak MiB | GFLOP/pair | MFU | "
           "fused/naive time | fused/naive memory | gen images/s | machine |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def read_rows(output: Path, title: str) -> str:
+    """The rows file's text so far (``title`` for a new one), or one line saying why rows cannot be added."""
+    from prefopt.errors import file_errors
+
+    if output.exists() and not output.is_file():
+        raise PrefoptError(f"--output {output} is not a file")
+    with file_errors(output, "read"):
+        raw = output.read_bytes() if output.exists() else title.encode()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PrefoptError(f"--output {output} is not UTF-8 text (byte {exc.start}): name another file") from None
 
 
 def _append(output: Path, r: dict) -> None:
@@ -322,8 +340,7 @@ def _append(output: Path, r: dict) -> None:
             f"{'%.3f' % r['memory_ratio'] if fused and r['memory_ratio'] is not None else ''} | "
             f"{'%.2f' % r['generation']['images_per_s'] if fused and 'generation' in r else ''} | "
             f"{r['machine']}, median of {r['repetitions']} |\n")
-    with file_errors(output, "read"):
-        text = output.read_text() if output.exists() else "# prefopt bench\n\nWritten by `prefopt bench`.\n\n"
+    text = read_rows(output, TITLE)
     if "| step | ms/step |" not in text:
         text += "\n" + HEADER
     with file_errors(output, "write"):

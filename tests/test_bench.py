@@ -8,6 +8,8 @@ gradients, or the bench compares two different computations.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import load_backbone, objective, pair_batch
@@ -80,8 +82,6 @@ def test_naive_step_refuses_objectives_it_cannot_reproduce():
 @pytest.mark.slow  # ~45 s on a loaded 2-core machine
 def test_bench_times_the_recipe_step_and_writes_only_where_asked(tiny_sd, tmp_path, monkeypatch):
     """The trainer's step on the recipe's prompts, both kinds timed; rows in <output_dir>/bench.md by default."""
-    from pathlib import Path
-
     from prefopt.bench import run_bench
     from prefopt.engine.trainer import Trainer
     from prefopt.recipe import load_recipe
@@ -118,3 +118,30 @@ def test_bench_times_the_recipe_step_and_writes_only_where_asked(tiny_sd, tmp_pa
     assert table.count("| sd14_ddspo") == 0 and "| fused |" in table and "| naive |" in table
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt", "run"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["bench.md"]
+
+
+@pytest.mark.parametrize("data", [False, True])
+def test_a_rows_file_that_cannot_take_rows_is_refused_before_any_timing(tmp_path, monkeypatch, data):
+    """A non-UTF-8 --output (or --steps below the minimum) is one error before the model is loaded."""
+    from prefopt import accelerate_setup
+    from prefopt.bench import run_bench
+    from prefopt.data.bench import run_data_bench
+    from prefopt.errors import PrefoptError
+    from prefopt.recipe import load_recipe
+    from prefopt.registry import PluginRegistry
+
+    monkeypatch.setattr(accelerate_setup, "load_backbone", lambda *a, **k: pytest.fail("loaded a model"))
+    registry = PluginRegistry()
+    resolved = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "toy2d_ddspo.yaml", registry,
+                           [f"output_dir={tmp_path / 'run'}"])
+    garbage = tmp_path / "rows.md"
+    garbage.write_bytes(b"# rows\n\xff\xfe not utf-8\n")
+    bench = ((lambda **k: run_data_bench(resolved, registry, pairs=10, data_dir=None, **k)) if data
+             else (lambda **k: run_bench(resolved, registry, **k)))
+    with pytest.raises(PrefoptError, match=r"rows.md is not UTF-8 text \(byte 7\)"):
+        bench(steps=1, output=garbage)
+    with pytest.raises(PrefoptError, match="is not a file"):
+        bench(steps=1, output=tmp_path)
+    with pytest.raises(PrefoptError, match="--steps must be"):
+        bench(steps=-3, output=None)
+    assert garbage.read_bytes() == b"# rows\n\xff\xfe not utf-8\n"

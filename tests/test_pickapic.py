@@ -107,3 +107,11 @@ def test_rows_stream_without_holding_the_file(tmp_path):
                                          "label_0": [1.0] * 16, "caption": [f"c{group}"] * 16}))
     allocated = max(pa.total_allocated_bytes() for _ in source(path).pairs(None, seed=0))
     assert allocated < path.stat().st_size / 2, (allocated, path.stat().st_size)
+
+
+@pytest.mark.parametrize("keep", [0, 0.5])
+def test_a_damaged_parquet_file_is_one_data_error(parquet_file, keep):
+    data = parquet_file.read_bytes()
+    parquet_file.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(DataError, match="is not a readable parquet file"):
+        list(source(parquet_file).pairs(None, seed=0))

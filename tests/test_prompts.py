@@ -150,3 +150,13 @@ def test_hub_failure_is_a_data_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match=r"cannot load prompts from 'someone/prompts' .*ConnectionError: no network"):
         load("someone/prompts")
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
+def test_a_damaged_parquet_file_is_one_data_error(tmp_path, damage):
+    path = tmp_path / "metadata.parquet"
+    pq.write_table(pa.table({"prompt": PROMPTS}), path)
+    data = path.read_bytes()
+    path.write_bytes({"empty": b"", "garbage": b"\x00not parquet\xff" * 10, "truncated": data[: len(data) // 2]}[damage])
+    with pytest.raises(DataError, match="is not a readable parquet file"):
+        load(path)

@@ -46,18 +46,23 @@ def _parquet_files(path: Path, split: str) -> list[Path]:
 
 def _parquet_rows(path: Path, split: str) -> Iterator[dict[str, Any]]:
     """Rows of the Pick-a-Pic columns, read in record batches so images never all sit in memory twice."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     files = _parquet_files(path, split)
     if not files:
         raise DataError(f"no parquet files under {path}")
     for file in files:
-        # pre_buffer off: the pre-buffered ranges stay cached for the reader's lifetime, so memory
-        # would grow with the file (every image read so far), not with one record batch.
-        reader = pq.ParquetFile(file, pre_buffer=False)
-        _check_columns(reader.schema_arrow.names, file)
-        for batch in reader.iter_batches(columns=list(COLUMNS), batch_size=256):
-            yield from batch.to_pylist()
+        try:
+            # pre_buffer off: the pre-buffered ranges stay cached for the reader's lifetime, so memory
+            # would grow with the file (every image read so far), not with one record batch.
+            reader = pq.ParquetFile(file, pre_buffer=False)
+            _check_columns(reader.schema_arrow.names, file)
+            batches = reader.iter_batches(columns=list(COLUMNS), batch_size=256)
+            for batch in batches:
+                yield from batch.to_pylist()
+        except pa.ArrowException as exc:  # empty, truncated or damaged part way through
+            raise DataError(f"{file} is not a readable parquet file ({str(exc).splitlines()[0]})") from None
 
 
 def _saved_dataset_rows(path: Path, split: str) -> Iterator[dict[str, Any]]:

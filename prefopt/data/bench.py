@@ -28,6 +28,7 @@ from datetime import date
 from pathlib import Path
 from typing import Iterator
 
+from prefopt.errors import PrefoptError
 from prefopt.recipe import ResolvedRecipe
 
 
@@ -170,10 +171,14 @@ def data_wait_share(directory: Path, backbone, objective, train, seed: int, step
 def run_data_bench(resolved: ResolvedRecipe, registry, *, pairs: int, steps: int, output: Path | None,
                    data_dir: Path | None, overrides: list[str] = ()) -> dict:
     from prefopt.accelerate_setup import load_backbone
-    from prefopt.bench import machine_description
+    from prefopt.bench import machine_description, read_rows
 
     recipe = resolved.recipe
     train = recipe.train
+    if steps < 0:
+        raise PrefoptError(f"--steps must be 0 (no training steps timed) or more (got {steps})")
+    output = Path(output or Path(recipe.output_dir) / "bench-data.md")
+    read_rows(output, TITLE)  # a file the rows cannot go to is refused before the dataset is built
     backbone = registry.get("backbone", recipe.backbone.name)(resolved.config("backbone"))
     objective = registry.get("objective", recipe.objective.name)(resolved.config("objective"))
     accelerator = load_backbone(backbone, train, policies=objective.policies())
@@ -196,7 +201,6 @@ def run_data_bench(resolved: ResolvedRecipe, registry, *, pairs: int, steps: int
         "workers": train.loader_workers, **io, "loader_pairs_per_s": throughput, **wait,
         "machine": machine_description(),
     }
-    output = Path(output or Path(recipe.output_dir) / "bench-data.md")
     _append(output, result)
     print(f"{result['shape']}: disk {io['disk_bytes_per_step'] / 2**20:.2f} MiB/step for "
           f"{io['pair_bytes_per_step'] / 2**20:.2f} MiB of pairs "
@@ -206,8 +210,12 @@ def run_data_bench(resolved: ResolvedRecipe, registry, *, pairs: int, steps: int
     return result
 
 
+TITLE = "# Data path benchmarks (`prefopt bench --data`)\n\n"
+
+
 def _append(output: Path, r: dict) -> None:
     from prefopt.atomic import write_atomic
+    from prefopt.bench import read_rows
 
     header = ("| date | recipe | data shape | pairs | batch×accum | workers | disk MiB/step | pair MiB/step | "
               "read/pairs | loader pairs/s | ms/step | data wait | machine |\n"
@@ -218,7 +226,7 @@ def _append(output: Path, r: dict) -> None:
            + (f"{r['step_s'] * 1000:.0f} | {r['wait_share'] * 100:.1f}% | " if r["wait_share"] == r["wait_share"]
               else "— | — | ")  # --steps 0: no training steps timed
            + f"{r['machine']} |\n")
-    text = output.read_text() if output.exists() else "# Data path benchmarks (`prefopt bench --data`)\n\n"
+    text = read_rows(output, TITLE)
     if "| data shape |" not in text:
         text += "\n" + header
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -57,12 +57,16 @@ def _read_csv(path: Path, column: str) -> list[Any]:
 
 
 def _read_parquet(path: Path, column: str) -> list[Any]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names = pq.read_schema(path).names
-    if column not in names:
-        raise _missing_column(path, column, names)
-    return pq.read_table(path, columns=[column]).column(column).to_pylist()
+    try:
+        names = pq.read_schema(path).names
+        if column not in names:
+            raise _missing_column(path, column, names)
+        return pq.read_table(path, columns=[column]).column(column).to_pylist()
+    except pa.ArrowException as exc:  # empty, truncated or not parquet at all
+        raise DataError(f"prompt file {path} is not a readable parquet file ({str(exc).splitlines()[0]})") from None
 
 
 READERS: dict[str, Callable[[Path, str], list[Any]]] = {
