@@ -121,10 +121,23 @@ def run_compare(resolved: ResolvedRecipe, registry, overwrite: bool = False) -> 
     with hold(root, "comparison directory", process_state()):
         if (root / "results.csv").exists() and not overwrite:
             raise PrefoptError(f"{root} already holds a comparison; pass --overwrite to replace it")
-        return _compare_held(resolved, registry, plans, root)
+        if not overwrite:
+            _refuse_filled_variant_dirs(plans)
+        return _compare_held(resolved, registry, plans, root, overwrite)
 
 
-def _compare_held(resolved: ResolvedRecipe, registry, plans, root: Path) -> Path:
+def _refuse_filled_variant_dirs(plans) -> None:
+    """Without --overwrite nothing already in a variant's directory is cleared: refuse before the first run,
+    not after some variants have trained."""
+    from prefopt.rundir import contents
+
+    filled = [Path(plan.recipe.output_dir) for plan in plans.values() if contents(Path(plan.recipe.output_dir))]
+    if filled:
+        raise PrefoptError(f"{filled[0]} is not empty ({len(filled)} of the {len(plans)} variant run directories "
+                           "are); pass --overwrite to replace them or choose another output_dir")
+
+
+def _compare_held(resolved: ResolvedRecipe, registry, plans, root: Path, overwrite: bool) -> Path:
     from prefopt.evaluation import extend_compare_report
     from prefopt.stages import pretrain_reference, run_recipe
 
@@ -138,7 +151,7 @@ def _compare_held(resolved: ResolvedRecipe, registry, plans, root: Path) -> Path
             reference = pretrain_reference(seeded, registry, root / f"seed-{seed}", resume=False)
         for name in compare.variants:
             print(f"== {name} (seed {seed})")
-            results[name].append(run_recipe(plans[name, seed], registry, overwrite=True, reference=reference,
+            results[name].append(run_recipe(plans[name, seed], registry, overwrite=overwrite, reference=reference,
                                             pairs_dir=shared_pairs_dir(resolved, name, root, seed)))
 
     figure = _figure(resolved, registry, root, compare, seed=compare.seeds[0])
