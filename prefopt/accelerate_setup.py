@@ -133,6 +133,9 @@ def load_backbone(backbone, train: TrainConfig, *, seed: int | None = None, trai
     backbone is the same in every run and process. ``training=False`` loads for
     sampling only. ``policies``: the extra frozen policies an objective asks for.
     """
+    from prefopt.checksums import verify_pretrained
+
+    verify_pretrained(getattr(backbone.config, "pretrained", None))
     accelerator = make_accelerator(train)
     if seed is not None:
         seed_everything(seed)

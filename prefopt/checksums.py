@@ -97,6 +97,21 @@ def verify(directory: Path, what: str, repair: str, run_id: str | None = None) -
             raise IntegrityError(f"{what} file {file} is damaged (its sha256 differs from {RECORD}); {repair}")
 
 
+def verify_pretrained(pretrained: str | None) -> None:
+    """Check a local pretrained directory that prefopt sealed (a run's ``final/``) before it is loaded.
+
+    A run's final/ is meant to be started from; its integrity record sits beside the weights, so a
+    flipped byte is refused here rather than trained on. Hub ids and directories prefopt did not
+    write (no record) load as they are.
+    """
+    if not pretrained:
+        return
+    directory = Path(pretrained).expanduser()
+    if (directory / RECORD).is_file():
+        verify(directory, "pretrained weights", f"copy them again from the run's final/, or delete "
+               f"{directory / RECORD} to use the directory as it is")
+
+
 def new_run_id() -> str:
     return uuid.uuid4().hex
 
