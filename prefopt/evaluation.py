@@ -540,6 +540,21 @@ def print_report(report: dict) -> None:
             print(line)
 
 
+def _refuse_output_inside(output: Path, sealed: list[Path]) -> None:
+    """--output may not lie in the weights being scored (their seal would break) nor be a run's own directory
+    (its eval.json is the run's)."""
+    from prefopt.rundir import RESOLVED
+
+    target = output.resolve()
+    for directory in sealed:
+        if target.is_relative_to(Path(directory).resolve()):
+            raise PrefoptError(f"--output {output} lies inside {directory}, which is sealed weights; "
+                               "write the evaluation elsewhere")
+    if (target / RESOLVED).is_file():
+        raise PrefoptError(f"--output {output} is a run directory (its eval.json is the run's); "
+                           f"use a directory of its own, e.g. {output / 'eval'}")
+
+
 def run_eval(resolved, registry, weights: Sequence[Path] = (), include_base: bool = True,
              output: Path | None = None) -> dict:
     """``prefopt eval``: the recipe's base model and trained weights, scored by every evaluator of the recipe."""
@@ -560,6 +575,7 @@ def run_eval(resolved, registry, weights: Sequence[Path] = (), include_base: boo
     if reference is not None and not reference.is_dir():
         raise PrefoptError(f"no pretrained reference at {reference}; run the recipe first")
     output = Path(output or run_dir / "eval")
+    _refuse_output_inside(output, [*weights, *([reference] if reference is not None else [])])
     evaluators = [registry.get("evaluator", c.name)(resolved.config("eval", i)) for i, c in enumerate(recipe.eval)]
     state = process_state()
     report: dict = {}

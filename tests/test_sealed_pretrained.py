@@ -56,3 +56,15 @@ def test_an_intact_sealed_directory_and_an_unsealed_one_load(final, tmp_path):
     recipe = write_toy_recipe(tmp_path, tmp_path / "run2", name="again.yaml", **FAST,
                               backbone={"pretrained": str(copy)})
     assert cli("run", str(recipe))[0] == 0
+
+
+@pytest.mark.parametrize("where", ["inside the weights", "a run directory"])
+def test_eval_output_inside_sealed_weights_or_a_run_directory_is_refused(final, tmp_path, where):
+    recipe = write_toy_recipe(tmp_path, **FAST, eval=[{"name": "toy2d_modes", "samples_per_condition": 10}])
+    output = final / "scores" if where == "inside the weights" else final.parent
+    before = sorted(p.name for p in output.parent.iterdir())
+    code, err = cli("eval", str(recipe), "--weights", str(final), "--output", str(output))
+    assert code == 2
+    [line] = error_lines(err)
+    assert ("is sealed weights" if where == "inside the weights" else "is a run directory") in line
+    assert sorted(p.name for p in output.parent.iterdir()) == before
