@@ -254,6 +254,12 @@ def _error(message: str) -> None:
     typer.echo("error: " + _CONTROL.sub(lambda m: repr(m.group())[1:-1], message), err=True)
 
 
+def _out_of_memory(exc: BaseException, kinds: set[str]) -> bool:
+    """torch's accelerator OutOfMemoryError, Python's MemoryError, or torch's CPU allocator giving up."""
+    return bool({"OutOfMemoryError", "MemoryError"} & kinds) or (
+        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
@@ -281,6 +287,12 @@ def main() -> None:
             sys.exit(getattr(exc, "exit_code", 2))
         if "Abort" in kinds:
             sys.exit(130)
+        if _out_of_memory(exc, kinds) and not _state["debug"]:
+            # A model, batch or setting larger than the machine: what ran out, and what to lower.
+            cause = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            _error(f"out of memory: {cause[:300]} (lower train.batch_size, the resolution or the model's size; "
+                   "--debug for the trace)")
+            sys.exit(2)
         if "TorchDynamoException" in kinds and not _state["debug"]:
             # train.compile / backbone.compile_sampling on a machine whose compiler toolchain
             # torch cannot use (no C++ compiler, an unsupported GPU): the cause and the way out.

@@ -443,3 +443,15 @@ def test_an_os_error_anywhere_is_one_line_naming_the_file(tmp_path, monkeypatch)
 def test_a_long_unknown_plugin_name_is_cut_short(tmp_path, monkeypatch):
     code, _, err = cli(monkeypatch, "validate", str(write_recipe(tmp_path)), "objective.name=" + "x" * 3000)
     assert len(assert_one_error_line(code, err, "unknown objective 'xxxx")) < 400
+
+
+def test_a_model_larger_than_memory_is_one_line(tmp_path):
+    """A toy denoiser of 10^6 hidden units asks torch's CPU allocator for terabytes: one line, exit 2."""
+    from helpers import cli as run_in_process, error_lines, write_toy_recipe
+
+    recipe = write_toy_recipe(tmp_path, pretrain=False, backbone={"hidden": 1_000_000})
+    code, err = run_in_process("run", str(recipe))
+    assert code == 2
+    [line] = error_lines(err)
+    assert line.startswith("error: out of memory: ") and "train.batch_size" in line
+    assert "Traceback" not in err
