@@ -209,7 +209,7 @@ def pairs_build(recipe: Path = RecipeArg, overrides: Optional[List[str]] = Overr
 def pairs_preview(
     recipe: Path = RecipeArg,
     overrides: Optional[List[str]] = OverridesArg,
-    count: int = typer.Option(8, min=1, help="rows to print"),
+    count: int = typer.Option(8, min=1, max=100_000, help="rows to print"),
     pretrain: bool = typer.Option(False, "--pretrain", help="the pretraining stage's pair source instead"),
 ) -> None:
     """Print the first (c, c-) rows the recipe's pair source makes, without loading any model."""
@@ -230,7 +230,7 @@ def pairs_show(
     recipe: Optional[Path] = typer.Option(
         None, "--recipe", help="recipe whose backbone decodes the pairs (default: the one that built them)"
     ),
-    count: int = typer.Option(8, min=1, help="pairs to show"),
+    count: int = typer.Option(8, min=1, max=1_000, help="pairs to show (one PNG grid)"),
     output: Optional[Path] = typer.Option(None, help="PNG path (default: DIR/pairs.png)"),
 ) -> None:
     """Write a PNG grid of decoded pairs with their prompts."""

@@ -80,7 +80,7 @@ class PluginRegistry:
                 continue
             try:
                 module = entry_point.load()
-            except Exception as exc:  # reported, never swallowed
+            except (Exception, SystemExit) as exc:  # reported, never swallowed (nor a sys.exit() at import)
                 raise PluginError(
                     f"plugin {entry_point.name!r} from {distribution} ({entry_point.value}) "
                     f"failed to import: {type(exc).__name__}: {exc}"
@@ -91,7 +91,10 @@ class PluginRegistry:
         if self.manager.is_registered(module):
             return
         check_api_version(module, origin)
-        self.manager.register(module, name=origin)
+        try:
+            self.manager.register(module, name=origin)
+        except pluggy.PluginValidationError as exc:  # a hook implementation whose signature is not the spec's
+            raise PluginError(f"plugin {origin}: {exc}") from None
         self._distribution[origin] = distribution or origin
 
     def _collect(self) -> dict[str, dict[str, type[Plugin]]]:
@@ -100,10 +103,24 @@ class PluginRegistry:
         for kind, hook_name in _HOOK_OF_KIND.items():
             hook = getattr(self.manager.hook, hook_name)
             for impl in hook.get_hookimpls():
-                for cls in impl.function() or []:
+                for cls in self._registered(impl, hook_name):
                     self._add(by_kind[kind], origins, kind, cls, impl.plugin_name)
         self._origins = origins
         return by_kind
+
+    @staticmethod
+    def _registered(impl, hook_name: str) -> list:
+        """What one plugin's hook returns, as a list; a hook that fails or returns something else is named."""
+        try:
+            returned = impl.function()
+        except Exception as exc:  # noqa: BLE001 - a third party's code: any failure is reported, with its origin
+            raise PluginError(f"plugin {impl.plugin_name}: {hook_name}() failed: {type(exc).__name__}: {exc}") from exc
+        if returned is None:
+            return []
+        if not isinstance(returned, (list, tuple)):
+            raise PluginError(f"plugin {impl.plugin_name}: {hook_name}() must return a list of classes, "
+                              f"got {type(returned).__name__}")
+        return list(returned)
 
     def distribution(self, kind: str, name: str) -> str:
         """The installed distribution (pip name) that provides a plugin."""
@@ -116,6 +133,9 @@ class PluginRegistry:
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(f"{origin} registered {cls!r} as a {kind}, but it is not a {base.__name__}")
         name = cls.name
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{origin} registered {cls.__qualname__} as a {kind} whose name is {name!r}, "
+                              "not a non-empty string")
         if name in table:
             # Name both distributions, so the user knows which one to uninstall.
             previous = table[name]

@@ -455,3 +455,29 @@ def test_a_model_larger_than_memory_is_one_line(tmp_path):
     [line] = error_lines(err)
     assert line.startswith("error: out of memory: ") and "train.batch_size" in line
     assert "Traceback" not in err
+
+
+MISBEHAVING_PLUGINS = {
+    # plugin.py body (after PREFOPT_API = 2 and the imports) -> words the one error line must hold
+    "raises": ("@hookimpl\ndef prefopt_objectives():\n    raise RuntimeError('plugin bug')\n",
+               ["prefopt_objectives() failed", "RuntimeError", "plugin bug"]),
+    "returns-a-class": ("class Odd(Objective):\n    name = 'odd'\n\n\n@hookimpl\ndef prefopt_objectives():\n"
+                        "    return Odd\n", ["must return a list of classes", "got type"]),
+    "bad-signature": ("@hookimpl\ndef prefopt_objectives(unexpected):\n    return []\n", ["unexpected"]),
+    "name-not-a-string": ("class Odd(Objective):\n    name = 7\n\n\n@hookimpl\ndef prefopt_objectives():\n"
+                          "    return [Odd]\n", ["Odd", "whose name is 7", "not a non-empty string"]),
+    "exits-at-import": ("import sys\nsys.exit(3)\n", ["failed to import", "SystemExit"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MISBEHAVING_PLUGINS))
+def test_a_misbehaving_third_party_plugin_is_one_line_naming_it(site, tmp_path, monkeypatch, kind):
+    body, words = MISBEHAVING_PLUGINS[kind]
+    package = f"prefopt_fake_odd_{kind.replace('-', '_')}"
+    header = "from prefopt.hookspecs import hookimpl\nfrom prefopt.interfaces import Objective\n\nPREFOPT_API = 2\n\n\n"
+    install_source(site, f"prefopt-fake-odd-{kind}", {f"{package}/__init__.py": "", f"{package}/plugin.py": header + body},
+                   {"odd": f"{package}.plugin"})
+    for command in ("plugins", "validate"):
+        args = [command] + ([str(write_recipe(tmp_path))] if command == "validate" else [])
+        code, _, err = cli(monkeypatch, *args)
+        assert_one_error_line(code, err, package, *words)
