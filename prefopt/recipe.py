@@ -419,6 +419,10 @@ def parse_yaml(text: str) -> Any:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path} is a directory, not a recipe file")
+    if path.exists() and not path.is_file():
+        raise RecipeError(f"{path} is not a regular file (a device or a pipe?); give a recipe .yaml file")
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
@@ -431,9 +435,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
+        line = f" line {mark.line + 1}:" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"{path}:{line}: malformed YAML: {problem}") from None
+        raise RecipeError(f"{path}:{line} malformed YAML: {problem}") from None
     except UnicodeDecodeError as exc:
         raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except Exception as exc:  # noqa: BLE001 - YAML's constructors raise anything: 2001-13-45, "!!float ''"

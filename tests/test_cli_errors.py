@@ -481,3 +481,11 @@ def test_a_misbehaving_third_party_plugin_is_one_line_naming_it(site, tmp_path, 
         args = [command] + ([str(write_recipe(tmp_path))] if command == "validate" else [])
         code, _, err = cli(monkeypatch, *args)
         assert_one_error_line(code, err, package, *words)
+
+
+@pytest.mark.parametrize(("target", "words"), [("directory", ["is a directory, not a recipe file"]),
+                                               ("device", ["/dev/null is not a regular file"])])
+def test_a_recipe_path_that_is_not_a_file_says_what_it_is(tmp_path, monkeypatch, target, words):
+    path = str(tmp_path) if target == "directory" else "/dev/null"
+    code, _, err = cli(monkeypatch, "validate", path)
+    assert_one_error_line(code, err, *words)
