@@ -222,6 +222,8 @@ def run_bench(resolved: ResolvedRecipe, registry, steps: int, output: Path | Non
     """Time the fused and the naive training step (and pair generation); append the rows to ``output``."""
     import torch
 
+    from prefopt.rundir import BENCH_ROWS
+
     from prefopt.accelerate_setup import load_backbone
     from prefopt.engine.naive_step import NaiveStep, naive_step_applies
     from prefopt.engine.trainer import Trainer
@@ -229,7 +231,7 @@ def run_bench(resolved: ResolvedRecipe, registry, steps: int, output: Path | Non
     recipe = resolved.recipe
     if steps < 1:
         raise PrefoptError(f"--steps must be at least 1 (got {steps})")
-    output = Path(output or Path(recipe.output_dir) / "bench.md")
+    output = Path(output or Path(recipe.output_dir) / BENCH_ROWS)
     read_rows(output, TITLE)  # a file the rows cannot go to is refused before minutes of timing
     repetitions = steps
     # The recipe's step, without what a bench must not do: trackers, validation, checkpoints.

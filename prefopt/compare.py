@@ -139,12 +139,16 @@ def _refuse_filled_variant_dirs(plans) -> None:
 
 def _compare_held(resolved: ResolvedRecipe, registry, plans, root: Path, overwrite: bool) -> Path:
     from prefopt.evaluation import extend_compare_report
+    from prefopt.rundir import link_refusal
     from prefopt.stages import pretrain_reference, run_recipe
 
     compare = resolved.recipe.compare
 
     results: dict[str, list[dict[str, float]]] = {name: [] for name in compare.variants}
     for seed in compare.seeds:
+        shared = root / f"seed-{seed}"  # the seed's shared reference and pairs: never written through a link
+        if shared.is_symlink():
+            raise link_refusal(shared)
         reference = None
         if resolved.recipe.pretrain is not None:
             seeded = resolve({**resolved.to_dict(), "seed": seed}, registry, where=str(resolved.source))

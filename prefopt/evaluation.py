@@ -423,13 +423,13 @@ def is_checkpoint(weights: Path) -> bool:
 def verify_weights(weights: Path) -> None:
     """Refuse weights (a final/ or a checkpoint) that differ from what their run wrote."""
     from prefopt.checksums import run_id_of, verify
-    from prefopt.rundir import verify_final
+    from prefopt.rundir import FINAL_REPAIR, verify_final
 
     if is_checkpoint(weights):  # <run>/checkpoints/step-N
         verify(weights, "checkpoint", f"evaluate another checkpoint or the run's final/ (rm -r {weights})",
                run_id=run_id_of(weights.parent.parent))
     else:  # <run>/final
-        verify_final(weights, repair="write it again with `prefopt run RECIPE --resume` in its run")
+        verify_final(weights, repair=FINAL_REPAIR)
 
 
 def load_weights(backbone, weights: Path) -> None:

@@ -14,22 +14,26 @@ command runs. The kernel drops a flock when its holder dies, however it dies
   and a new command must not clear the directory under them.
 
 The lock files are never deleted (a deleted and re-created lock file would let
-two holders in) and never count as content of the directory.
+two holders in) and never count as content of the directory. Each must be a
+plain file of the directory's own: a lock name that is a symbolic link or a
+second hard link of another file is refused, never written through.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from prefopt.errors import DirectoryBusyError, PrefoptError, file_errors
+from prefopt.errors import DirectoryBusyError, PrefoptError, describe_os_error, file_errors
 
 LOCK = ".prefopt.lock"
 RANKS = ".prefopt.lock.ranks"
@@ -92,12 +96,42 @@ def _try_flock(handle: IO[str], mode: int) -> bool:
 
 
 def _open(path: Path) -> IO[str]:
-    with file_errors(path, "open the lock file"):
-        return open(path, "a+", encoding="utf-8")
+    """Open (creating it) a lock file that is a plain file of the directory's own, or refuse in one line.
+
+    The holder record is written into the lock file, so whatever the name leads to would be
+    overwritten: a symbolic link planted there (pointing anywhere) is never followed
+    (``O_NOFOLLOW``), and a file with a second hard link (the same file under another name,
+    possibly outside the directory) or anything but a regular file (a FIFO would block) is
+    refused, before a byte is written.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    repair = f"prefopt writes only lock files of its own: remove it (rm {path}) and run the command again"
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symbolic link
+            raise PrefoptError(f"lock file {path} is a symbolic link; {repair}") from None
+        raise PrefoptError(f"could not open the lock file {describe_os_error(exc, path)}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PrefoptError(f"lock file {path} is not a regular file; {repair}")
+        if info.st_nlink != 1:
+            raise PrefoptError(f"lock file {path} has other hard links (it is also another file); {repair}")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "a+", encoding="utf-8")
 
 
 def _acquire_main(directory: Path, what: str) -> list[IO[str]]:
-    lock, ranks = _open(directory / LOCK), _open(directory / RANKS)
+    lock = _open(directory / LOCK)
+    try:
+        ranks = _open(directory / RANKS)
+    except BaseException:
+        lock.close()
+        raise
     try:
         if not _try_flock(lock, fcntl.LOCK_EX):
             raise DirectoryBusyError(f"{what} {directory} is in use by another prefopt command "

@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from prefopt.atomic import write_atomic
 
@@ -177,11 +176,11 @@ def build_card(run_dir: Path, pipeline_class: str | None, pairs_dir: Path | None
     from diffusers.utils.hub_utils import populate_model_card
     from huggingface_hub import ModelCard, ModelCardData
 
-    from prefopt.rundir import RESOLVED
+    from prefopt.rundir import RESOLVED, read_resolved
 
     run_dir = Path(run_dir)
+    recipe = read_resolved(run_dir)
     recipe_text = (run_dir / RESOLVED).read_text()
-    recipe = yaml.safe_load(recipe_text)
     backbone, objective, train = recipe["backbone"], recipe["objective"], recipe["train"]
     base = backbone.get("pretrained")
     if pairs_dir is None:

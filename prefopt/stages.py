@@ -21,7 +21,7 @@ from prefopt.checksums import read_json
 from prefopt.errors import DataError, PrefoptError, file_errors
 from prefopt.recipe import PairsConfig, ResolvedRecipe, TrainConfig
 from prefopt.registry import PluginRegistry
-from prefopt.rundir import prepare_run_dir, reseal_final, save_final, verify_final
+from prefopt.rundir import prepare_run_dir, refuse_links, remove, reseal_final, save_final, verify_final
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ def train_stage(*, run_dir: Path, backbone_cls, backbone_config, objective, pair
     # Pairs in a place prefopt chose (not a user's pairs.dir) are rebuilt when stale.
     owned = pairs_cfg.dir is None
     pairs_dir = Path(pairs_cfg.dir or pairs_dir or run_dir / "pairs")
+    if owned:  # the run's own pairs/ (or a comparison's shared one): never built through a planted link
+        refuse_links(pairs_dir)
     build_or_reuse_pairs(pairs_cfg, source_config, registry, backbone, pairs_dir, seed, accelerator, base_dir,
                          replace_stale=owned)
     dataset = PairDataset(pairs_dir, identity=backbone.data_signature())
@@ -164,6 +166,10 @@ def pretrain_reference(resolved: ResolvedRecipe, registry, run_dir: Path, resume
     """Train the reference (the toy's noisy-data model) unless an identical one exists."""
     recipe = resolved.recipe
     stage_dir = run_dir / "reference"
+    # The stage is read, resumed, or deleted and trained anew in place: never through a link planted
+    # there (it would overwrite another run's reference, or anything). `prefopt run` refused one
+    # already (prepare_run_dir); `pairs build` and compare's shared reference come here directly.
+    refuse_links(stage_dir)
     record = {"backbone": resolved.to_dict()["backbone"], "pretrain": resolved.to_dict()["pretrain"],
               "seed": recipe.seed}
     record_path = stage_dir / PRETRAIN_RECORD
@@ -179,7 +185,7 @@ def pretrain_reference(resolved: ResolvedRecipe, registry, run_dir: Path, resume
     state.wait_for_everyone()
     if state.is_main_process:
         if not can_resume:
-            shutil.rmtree(stage_dir, ignore_errors=True)
+            remove(stage_dir)  # one line if it will not go: training into a half-removed stage would mix the two
         try:
             stage_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(record_path, json.dumps(record, indent=1).encode())
@@ -270,6 +276,8 @@ def _build_recipe_pairs_held(resolved: ResolvedRecipe, registry) -> Path:
     backbone = registry.get("backbone", recipe.backbone.name)(backbone_config_for(resolved, reference))
     accelerator = load_backbone(backbone, recipe.train, seed=recipe.seed, training=False)
     directory = Path(recipe.pairs.dir or run_dir / "pairs")
+    if recipe.pairs.dir is None:  # the run's own pairs/: never built through a planted link
+        refuse_links(directory)
     build_or_reuse_pairs(recipe.pairs, resolved.config("pairs", "source"), registry, backbone, directory,
                          recipe.seed, accelerator, Path(resolved.source).parent,
                          replace_stale=recipe.pairs.dir is None, full_check=True)

@@ -348,7 +348,7 @@ def test_a_damaged_reference_is_refused_and_its_repair_works(tmp_path):
 @pytest.mark.parametrize("name, content, fragment", [
     ("recipe.resolved.yaml", b"\xff\xfe not yaml", "recipe.resolved.yaml is damaged"),
     ("recipe.resolved.yaml", b"seed: [1, 2\n", "recipe.resolved.yaml is damaged"),
-    ("recipe.resolved.yaml", b"- a list\n", "not a recipe"),
+    ("recipe.resolved.yaml", b"- a list\n", "not a resolved recipe"),
     ("run.json", b"{cut", "run record"),
     ("metrics.jsonl", b'{"step": 1, "loss": 1}\n\xff\xff garbage\n{"step": 2, "loss": 1}\n', "line 2 is damaged"),
 ])

@@ -11,6 +11,7 @@ import yaml
 from helpers import cli, error_lines, write_toy_recipe
 from tiny_models import PROMPTS, SD_RESOLUTION, load_backbone
 
+from prefopt import checksums
 from prefopt.model_card import write_model_card
 from prefopt.recipe import resolve
 from prefopt.registry import PluginRegistry
@@ -18,6 +19,7 @@ from prefopt_backbones.sd import SDBackbone
 
 LICENSE = "creativeml-openrail-m"
 RANK, ALPHA = 4, 8  # alpha != rank, so a lost alpha shows in the outputs
+RUN_ID = "lora-run"
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,10 @@ def lora_run(base, tmp_path_factory):
         if "lora_B" in name:  # a trained-looking adapter (B starts at 0)
             torch.nn.init.normal_(param, std=0.3, generator=torch.Generator().manual_seed(0))
     backbone.save(str(final))
-    write_model_card(run, SDBackbone.pipeline_class, num_processes=2)
+    # As save_final leaves it: sealed with the run's id (export and push refuse an unsealed final/).
+    checksums.write_run_record(run, RUN_ID)
+    checksums.seal(final, RUN_ID)
+    write_model_card(run, SDBackbone.pipeline_class, num_processes=2)  # sealed again with the card
     return run
 
 
@@ -115,7 +120,6 @@ def test_model_card_names_a_hub_base_model(lora_run, tmp_path, monkeypatch):
 
 
 def test_card_keeps_a_sealed_final_verifiable(lora_run, tmp_path):
-    checksums = pytest.importorskip("prefopt.checksums")
     run = tmp_path / "run"
     shutil.copytree(lora_run, run)
     (run / "final" / "README.md").unlink()
@@ -141,7 +145,11 @@ def test_toy_run_writes_a_card_with_its_eval(tmp_path):
 
 
 class FakeHub:
-    """HfApi's network calls, recorded; what upload_folder would upload is read at call time."""
+    """HfApi's network calls, recorded; what the upload would send is read at call time.
+
+    ``fail``: the exception the upload (``create_commit`` or ``upload_folder``) raises, as an offline
+    or refused push does.
+    """
 
     def __init__(self, monkeypatch, fail: Exception | None = None):
         from huggingface_hub import HfApi
@@ -150,10 +158,20 @@ class FakeHub:
         self.uploaded: dict[str, bytes] = {}
         self.fail = fail
         monkeypatch.setattr(HfApi, "create_repo", self._create_repo)
+        monkeypatch.setattr(HfApi, "create_commit", self._create_commit)
         monkeypatch.setattr(HfApi, "upload_folder", self._upload_folder)
 
     def _create_repo(self, repo_id, **kwargs):  # set on the class as a bound method: no HfApi self
         self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+    def _create_commit(self, **kwargs):
+        self.calls.append(("create_commit", kwargs))
+        if self.fail is not None:
+            raise self.fail
+        self.uploaded = {}
+        for op in kwargs["operations"]:
+            data = op.path_or_fileobj
+            self.uploaded[op.path_in_repo] = data if isinstance(data, bytes) else open(data, "rb").read()
 
     def _upload_folder(self, **kwargs):
         self.calls.append(("upload_folder", kwargs))
@@ -174,12 +192,14 @@ def test_push_uploads_final_with_the_card_naming_the_repo(pushable, monkeypatch)
     hub = FakeHub(monkeypatch)
     code, err = cli("push", pushable, "--repo-id", "someone/sd-ddspo", "--private")
     assert code == 0, err
-    assert [name for name, _ in hub.calls] == ["create_repo", "upload_folder"]
+    assert [name for name, _ in hub.calls] == ["create_repo", "create_commit"]
     assert hub.calls[0][1]["repo_id"] == "someone/sd-ddspo" and hub.calls[0][1]["private"] is True
-    upload = hub.calls[1][1]
-    assert upload["repo_id"] == "someone/sd-ddspo" and upload["folder_path"] == pushable / "final"
-    assert {"pytorch_lora_weights.safetensors", "README.md", "samples.png"} <= set(hub.uploaded)
+    assert hub.calls[1][1]["repo_id"] == "someone/sd-ddspo"
+    final = pushable / "final"
+    assert set(hub.uploaded) == {p.name for p in final.iterdir()}  # all of final/, nothing else
+    assert {"pytorch_lora_weights.safetensors", "README.md", "samples.png", "integrity.json"} <= set(hub.uploaded)
     assert b'model = "someone/sd-ddspo"' in hub.uploaded["README.md"]
+    assert hub.uploaded["pytorch_lora_weights.safetensors"] == (final / "pytorch_lora_weights.safetensors").read_bytes()
 
 
 def test_push_refuses_a_run_without_final(tmp_path, monkeypatch):

@@ -172,12 +172,13 @@ def run_data_bench(resolved: ResolvedRecipe, registry, *, pairs: int, steps: int
                    data_dir: Path | None, overrides: list[str] = ()) -> dict:
     from prefopt.accelerate_setup import load_backbone
     from prefopt.bench import machine_description, read_rows
+    from prefopt.rundir import BENCH_DATA_ROWS
 
     recipe = resolved.recipe
     train = recipe.train
     if steps < 0:
         raise PrefoptError(f"--steps must be 0 (no training steps timed) or more (got {steps})")
-    output = Path(output or Path(recipe.output_dir) / "bench-data.md")
+    output = Path(output or Path(recipe.output_dir) / BENCH_DATA_ROWS)
     read_rows(output, TITLE)  # a file the rows cannot go to is refused before the dataset is built
     backbone = registry.get("backbone", recipe.backbone.name)(resolved.config("backbone"))
     objective = registry.get("objective", recipe.objective.name)(resolved.config("objective"))

@@ -128,13 +128,11 @@ class Tracking:
 
 def run_config(run_dir: Path, cfg) -> dict[str, Any]:
     """The resolved recipe of the run (a pretraining stage's is its parent run's), else the train settings."""
-    import yaml
-
-    from prefopt.rundir import RESOLVED
+    from prefopt.rundir import RESOLVED, read_resolved
 
     for directory in (Path(run_dir), Path(run_dir).parent):
         if (directory / RESOLVED).is_file():
-            return yaml.safe_load((directory / RESOLVED).read_text())
+            return read_resolved(directory)
     return {"train": cfg.model_dump(mode="json")}
 
 

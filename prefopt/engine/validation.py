@@ -184,17 +184,15 @@ def recipe_evaluators(run_dir: Path, names: Sequence[str]) -> list[tuple[str, ob
     """The evaluators of the run's recipe (``eval``) whose names ``train.validation_eval`` lists."""
     if not names:
         return []
-    import yaml
-
     from prefopt.recipe import resolve
     from prefopt.registry import PluginRegistry
-    from prefopt.rundir import RESOLVED
+    from prefopt.rundir import RESOLVED, read_resolved
 
     path = Path(run_dir) / RESOLVED
     if not path.is_file():
         raise PrefoptError(f"train.validation_eval: {run_dir} has no {RESOLVED} to take the evaluators from")
     registry = PluginRegistry()
-    resolved = resolve(yaml.safe_load(path.read_text()), registry, where=str(path))
+    resolved = resolve(read_resolved(Path(run_dir)), registry, where=str(path))
     present = [component.name for component in resolved.recipe.eval]
     missing = sorted(set(names) - set(present))
     if missing:
