@@ -171,6 +171,9 @@ def hold(directory: str | os.PathLike, what: str = "run directory", state=None) 
     after a barrier. Without it, this process is the whole command.
     """
     directory = Path(directory)
+    if os.path.lexists(directory) and not directory.is_dir():
+        raise PrefoptError(f"{'output_dir' if what == 'run directory' else what} {directory} is a file, "
+                           "not a directory; choose another path")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a path under a file, a read-only or full disk

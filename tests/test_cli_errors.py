@@ -489,3 +489,15 @@ def test_a_recipe_path_that_is_not_a_file_says_what_it_is(tmp_path, monkeypatch,
     path = str(tmp_path) if target == "directory" else "/dev/null"
     code, _, err = cli(monkeypatch, "validate", path)
     assert_one_error_line(code, err, *words)
+
+
+def test_an_output_dir_that_is_a_file_says_so(tmp_path):
+    from helpers import cli as run_in_process, error_lines, write_toy_recipe
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    code, err = run_in_process("run", str(write_toy_recipe(tmp_path, taken, pretrain=False)))
+    assert code == 2
+    [line] = error_lines(err)
+    assert f"output_dir {taken} is a file, not a directory" in line
+    assert taken.read_text() == "mine"
