@@ -10,6 +10,7 @@ never a cut one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -36,6 +37,21 @@ def write_atomic(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
             exc.filename = str(path)  # name the file being written, not its temporary (a full disk names none)
         raise
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
+
+
+def strict_json(obj: Any, **options: Any) -> str:
+    """JSON every parser reads: a NaN or infinity (a metric over no samples, say) is written as null."""
+    return json.dumps(_finite(obj), allow_nan=False, **options)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
-from prefopt.atomic import write_atomic
+from prefopt.atomic import strict_json, write_atomic
 from prefopt.errors import PrefoptError, RecipeError, file_errors
 from prefopt.paths import resolve_recipe_paths
 from prefopt.recipe import ResolvedRecipe, resolve
@@ -163,7 +162,7 @@ def _compare_held(resolved: ResolvedRecipe, registry, plans, root: Path, overwri
     write_report(root, metrics, rows, compare.seeds, figure)
     extend_compare_report(resolved, registry, root)  # bar charts with intervals, per-category tables, sample grid
     with file_errors(root / "results.json", "write"):
-        write_atomic(root / "results.json", (json.dumps(results, indent=1) + "\n").encode())
+        write_atomic(root / "results.json", (strict_json(results, indent=1) + "\n").encode())
     print(f"comparison written: {root / 'report.md'}")
     return root
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prefopt.atomic import write_atomic
+from prefopt.atomic import strict_json, write_atomic
 from prefopt.errors import PrefoptError
 from prefopt.interfaces import REFERENCE, STUDENT, Evaluator
 
@@ -523,7 +523,7 @@ def evaluate_models(backbone, evaluators: Sequence[Evaluator], weights: Sequence
                 entry["win_rate"].update({k.rsplit("/", 1)[0]: v for k, v in
                                           win_rates(prefix, scores, scored[BASE][prefix]).items()})
         report["models"][name] = entry
-    write_atomic(output / "eval.json", (json.dumps(report, indent=1) + "\n").encode())
+    write_atomic(output / "eval.json", (strict_json(report, indent=1) + "\n").encode())
     return report
 
 

@@ -6,11 +6,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefopt.accelerate_setup import process_state
-from prefopt.atomic import write_atomic
+from prefopt.atomic import strict_json, write_atomic
 from prefopt.errors import PrefoptError, describe_os_error, file_errors
 from prefopt.recipe import ResolvedRecipe
 
@@ -35,7 +34,7 @@ def evaluate_run(resolved: ResolvedRecipe, registry, backbone, run_dir: Path) ->
         results.update(scores)
     if resolved.recipe.eval:
         with file_errors(run_dir / "eval.json", "write"):
-            write_atomic(run_dir / "eval.json", (json.dumps(results, indent=1) + "\n").encode())
+            write_atomic(run_dir / "eval.json", (strict_json(results, indent=1) + "\n").encode())
         for key, value in results.items():
             print(f"  {key}: {value:.4f}")
     state.wait_for_everyone()
