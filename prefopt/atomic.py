@@ -27,7 +27,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         # The temporary name is predictable: whatever sits there (a leftover, or a link someone planted to
         # have this write land elsewhere) is removed, and the file is created anew, never opened through a link.
         tmp.unlink(missing_ok=True)
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), "wb") as handle:
+        with open(tmp, "xb") as handle:  # "x": O_CREAT | O_EXCL, which never follows a link
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

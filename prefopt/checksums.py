@@ -59,14 +59,15 @@ def seal(directory: Path, run_id: str) -> None:
     _write_json(directory / RECORD, record)
 
 
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file prefopt wrote, or one line naming it when it cannot be read or parsed."""
+def read_json(path: Path, what: str, repair: str | None = None) -> Any:
+    """A JSON file prefopt wrote, or one line naming it (and ``repair``, the way back) when it cannot be parsed."""
     with file_errors(path, "read"):
         raw = Path(path).read_bytes()
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise IntegrityError(f"{what} {path} is damaged (not JSON: {str(exc)[:80]})") from None
+        how = f"; {repair}" if repair else ""
+        raise IntegrityError(f"{what} {path} is damaged (not JSON: {str(exc)[:80]}){how}") from None
 
 
 def verify(directory: Path, what: str, repair: str, run_id: str | None = None) -> None:
@@ -78,7 +79,7 @@ def verify(directory: Path, what: str, repair: str, run_id: str | None = None) -
     path = directory / RECORD
     if not path.is_file():
         raise IntegrityError(f"{what} {directory} has no {RECORD} (it was not written whole by prefopt); {repair}")
-    record = read_json(path, f"{what} record")
+    record = read_json(path, f"{what} record", repair)
     files = record.get("files") if isinstance(record, dict) else None
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise IntegrityError(f"{what} record {path} is damaged; {repair}")
@@ -94,7 +95,8 @@ def verify(directory: Path, what: str, repair: str, run_id: str | None = None) -
         if not file.is_file():
             raise IntegrityError(f"{what} file {file} is missing; {repair}")
         if sha256_file(file) != digest:
-            raise IntegrityError(f"{what} file {file} is damaged (its sha256 differs from {RECORD}); {repair}")
+            raise IntegrityError(f"{what} file {file} is damaged, or its line in {RECORD} is (their sha256 "
+                                 f"differ); {repair}")
 
 
 def verify_pretrained(pretrained: str | None) -> None:

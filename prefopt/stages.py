@@ -173,10 +173,10 @@ def pretrain_reference(resolved: ResolvedRecipe, registry, run_dir: Path, resume
     record = {"backbone": resolved.to_dict()["backbone"], "pretrain": resolved.to_dict()["pretrain"],
               "seed": recipe.seed}
     record_path = stage_dir / PRETRAIN_RECORD
-    same_settings = record_path.is_file() and read_json(record_path, "pretraining record") == record
+    retrain = f"remove {stage_dir} (rm -r {stage_dir}) and run the command again: the reference is then trained anew"
+    same_settings = record_path.is_file() and read_json(record_path, "pretraining record", retrain) == record
     if (stage_dir / "final").is_dir() and same_settings:
-        verify_final(stage_dir / "final", repair=f"remove {stage_dir} (rm -r {stage_dir}) and run the command "
-                                               "again: the reference is then trained anew")
+        verify_final(stage_dir / "final", repair=retrain)
         log.info("reusing the pretrained reference in %s", stage_dir)
         return stage_dir / "final"
     can_resume = resume and same_settings

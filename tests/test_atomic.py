@@ -28,7 +28,7 @@ def test_a_failed_atomic_write_names_the_file_not_its_temporary(tmp_path, monkey
     def read_only(path, *args):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(atomic.os, "open", read_only)
+    monkeypatch.setattr(atomic, "open", read_only, raising=False)
     with pytest.raises(PermissionError) as raised:
         atomic.write_atomic(tmp_path / "bench.md", b"rows")
     assert raised.value.filename == str(tmp_path / "bench.md")
