@@ -49,6 +49,8 @@ BEFORE_FIRST_STEP = (RESOLVED, "run.json", "text_cache")
 # prefopt/data/bench.py): rows the user keeps, not part of any run. Like the lock files they do not
 # make a directory non-empty, and --overwrite keeps them.
 BENCH_ROWS, BENCH_DATA_ROWS = BENCH_FILES = ("bench.md", "bench-data.md")
+# What the trackers keep in a run directory (prefopt/engine/tracking.py): written by their own libraries.
+TRACKER_ENTRIES = ("tensorboard", "wandb", "mlflow.db", "mlruns")
 # What to do about a run's final/ that is unsealed or damaged (eval, export, push say it alike).
 FINAL_REPAIR = "write it again with `prefopt run RECIPE --resume` in its run"
 
@@ -182,8 +184,11 @@ def prepare_run_dir(run_dir: Path, resolved, resume: bool, overwrite: bool, stat
         if difference:
             raise PrefoptError(f"--resume: the recipe differs from the run's in {difference}; "
                                "resume with the same recipe or start a new output_dir")
-        for name in contents(run_dir):  # a resumed run keeps, reads and appends to everything there
-            refuse_links(run_dir / name)
+        # A resumed run keeps, reads and appends to everything of its own there. The trackers' stores
+        # are theirs (wandb links its logs into its cache): prefopt never writes into them itself.
+        for name in contents(run_dir):
+            if name not in TRACKER_ENTRIES:
+                refuse_links(run_dir / name)
         return
     names = contents(run_dir)
     leftover = [n for n in names if n not in REUSABLE]

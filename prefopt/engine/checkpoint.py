@@ -84,10 +84,12 @@ def find_checkpoint(run_dir: Path, which: str, command: str = "prefopt run RECIP
 
 def remove_leftovers(run_dir: Path) -> None:
     """Delete what a run killed while saving (``.tmp-step-*``) or pruning (``.trash-step-*``) left."""
+    from prefopt.rundir import remove
+
     root = checkpoint_dir(run_dir)
     if root.is_dir():
         for stale in root.glob(".t*-step-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            remove(stale)  # a link goes as a link; a removal that fails is one line, never written through
 
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int) -> Path:

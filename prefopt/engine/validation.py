@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import shutil
 import textwrap
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from prefopt.atomic import replace_dir
+from prefopt.rundir import remove
 from prefopt.errors import PrefoptError
 from prefopt.interfaces import REFERENCE, STUDENT, Backbone
 
@@ -113,7 +113,7 @@ class Validator:
             x0 = self.backbone.sample(prompts, seeds, source=source)
         grid = render_grid(self.backbone, self.prompts, x0, self.per_prompt, title)
         tmp = directory.with_name(f".{directory.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)  # a leftover of a killed run, or a planted link (removed as a link, never followed)
         tmp.mkdir(parents=True)
         scores: dict[str, float] = {}
         for name, evaluator in self.evaluators if source == STUDENT else ():
