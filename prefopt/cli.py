@@ -79,6 +79,8 @@ def run(
         raise PrefoptError("--resume continues the run in output_dir and --overwrite replaces it: pass one of them")
     if checkpoint != "latest" and not resume:
         raise PrefoptError("--checkpoint chooses where --resume starts: pass --resume too")
+    if not checkpoint.strip():
+        raise PrefoptError("--checkpoint names a checkpoint (e.g. step-00000200) or 'latest', not nothing")
     registry, resolved = _load(recipe, overrides)
     if dry_run:
         from prefopt.dry_run import print_plan

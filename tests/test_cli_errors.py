@@ -501,3 +501,11 @@ def test_an_output_dir_that_is_a_file_says_so(tmp_path):
     [line] = error_lines(err)
     assert f"output_dir {taken} is a file, not a directory" in line
     assert taken.read_text() == "mine"
+
+
+def test_an_empty_checkpoint_name_is_refused(tmp_path):
+    from helpers import cli as run_in_process, error_lines, write_toy_recipe
+
+    code, err = run_in_process("run", str(write_toy_recipe(tmp_path, pretrain=False)), "--resume", "--checkpoint", "")
+    assert code == 2
+    assert "--checkpoint names a checkpoint" in error_lines(err)[0]
