@@ -160,3 +160,12 @@ def test_a_damaged_parquet_file_is_one_data_error(tmp_path, damage):
     path.write_bytes({"empty": b"", "garbage": b"\x00not parquet\xff" * 10, "truncated": data[: len(data) // 2]}[damage])
     with pytest.raises(DataError, match="is not a readable parquet file"):
         load(path)
+
+
+def test_values_that_are_not_text_are_left_out_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": PROMPTS[0]}, {"prompt": 7}, {"prompt": None}, {"prompt": ["a", "list"]}, {"prompt": PROMPTS[1]}]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    with caplog.at_level("WARNING"):
+        assert load(path) == PROMPTS[:2]
+    assert "2 of 5 values in column 'prompt' are not text (e.g. int)" in caplog.text

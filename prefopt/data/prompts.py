@@ -11,6 +11,7 @@ newline inside a prompt would break one-line formats downstream.
 from __future__ import annotations
 
 import csv
+import logging
 import random
 import re
 from pathlib import Path
@@ -20,6 +21,8 @@ from prefopt.data.jsonl import jsonl_objects
 from prefopt.data.saved_datasets import is_saved_dataset, load_saved_split
 from prefopt.errors import DataError, describe_os_error, require
 from prefopt.recipe import PromptsConfig
+
+log = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 FILE_SUFFIXES = {".txt", ".jsonl", ".json", ".csv", ".parquet"}
@@ -152,4 +155,10 @@ def load_prompts(config: PromptsConfig, base_dir: Path | None = None) -> list[st
     missing column (listing the available ones) or an empty result.
     """
     values, source = _read_values(config, base_dir)
-    return select_prompts(_clean(values), config, source)
+    prompts = _clean(values)
+    odd = sum(1 for value in values if value is not None and not isinstance(value, str))
+    if odd:  # nulls are a dataset's missing cells (DiffusionDB has some); numbers or lists are a wrong column
+        log.warning("%s: %d of %d values in column %r are not text (e.g. %s) and were left out",
+                    source, odd, len(values), config.column,
+                    type(next(v for v in values if v is not None and not isinstance(v, str))).__name__)
+    return select_prompts(prompts, config, source)
