@@ -25,6 +25,14 @@ def one_torch_thread_per_process():
 
 # Tiny random pipelines of the real diffusers classes, saved once per session
 # (tests/tiny_models.py builds them; no downloads).
+@pytest.fixture(autouse=True)
+def no_debug(monkeypatch):
+    """Errors as a user sees them (one line), whatever an earlier in-process `prefopt --debug` left set."""
+    from prefopt import cli as cli_module
+
+    monkeypatch.setitem(cli_module._state, "debug", False)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
     from tiny_models import build_sd

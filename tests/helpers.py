@@ -58,6 +58,16 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+def one_error(code: int, err: str, *fragments: str) -> str:
+    """The one ``error:`` line of a command that failed as a user should see it (exit 2, no traceback)."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    [line] = error_lines(err)
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    return line
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

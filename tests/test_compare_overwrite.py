@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from helpers import cli, error_lines, write_toy_recipe
-from prefopt import cli as cli_module
 
 FAST = {"pretrain": False, "train": {"max_steps": 2, "checkpoint_every": 0}}
-
-
-@pytest.fixture(autouse=True)
-def no_debug(monkeypatch):
-    monkeypatch.setitem(cli_module._state, "debug", False)
 
 
 def test_a_filled_variant_directory_is_refused_before_any_run_and_kept(tmp_path):

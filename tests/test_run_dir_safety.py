@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ENV, FINAL, SLOW_PREFERENCE_STEPS, assert_same_weights, cli, error_lines, write_toy_recipe
-from prefopt import cli as cli_module
+from helpers import ENV, FINAL, SLOW_PREFERENCE_STEPS, assert_same_weights, cli, one_error, write_toy_recipe
 from prefopt.checksums import RECORD, run_id_of
 from prefopt.errors import DirectoryBusyError, IntegrityError
 from prefopt.locking import LOCK_FILES, hold
@@ -32,20 +31,6 @@ from prefopt.locking import LOCK_FILES, hold
 # A toy run that takes about a second: no pretraining, 4 steps, a checkpoint at steps 2 (and kept).
 FAST = {"pretrain": False, "train": {"max_steps": 4, "checkpoint_every": 2}}
 EVAL = [{"name": "toy2d_modes", "samples_per_condition": 10}]
-
-
-@pytest.fixture(autouse=True)
-def no_debug(monkeypatch):
-    monkeypatch.setitem(cli_module._state, "debug", False)
-
-
-def one_error(code: int, err: str, *fragments: str) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err
-    [line] = error_lines(err)
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    return line
 
 
 def flip_byte(path: Path, offset: int | None = None) -> None:

@@ -7,14 +7,8 @@ import shutil
 import pytest
 
 from helpers import cli, error_lines, write_toy_recipe
-from prefopt import cli as cli_module
 
 FAST = {"pretrain": False, "train": {"max_steps": 2, "checkpoint_every": 0}}
-
-
-@pytest.fixture(autouse=True)
-def no_debug(monkeypatch):
-    monkeypatch.setitem(cli_module._state, "debug", False)
 
 
 @pytest.fixture(scope="module")

@@ -17,26 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import FINAL, cli, error_lines, write_toy_recipe
-from prefopt import cli as cli_module
+from helpers import FINAL, cli, one_error, write_toy_recipe
 from prefopt.errors import PrefoptError
 from prefopt.locking import LOCK, LOCK_FILES, RANKS, hold
 
 FAST = {"pretrain": False, "train": {"max_steps": 4, "checkpoint_every": 2}}
-
-
-@pytest.fixture(autouse=True)
-def no_debug(monkeypatch):
-    monkeypatch.setitem(cli_module._state, "debug", False)
-
-
-def one_error(code: int, err: str, *fragments: str) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err
-    [line] = error_lines(err)
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    return line
 
 
 def tree_digest(root: Path) -> dict[str, str]:
