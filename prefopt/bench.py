@@ -118,7 +118,6 @@ def _pair_rows(resolved: ResolvedRecipe, registry, count: int) -> list:
     """The first ``count`` rows (prompt, degraded, seed) of the recipe's pair source."""
     from itertools import islice
 
-
     recipe = resolved.recipe
     prompts = None
     if recipe.pairs.prompts:
@@ -222,11 +221,10 @@ def run_bench(resolved: ResolvedRecipe, registry, steps: int, output: Path | Non
     """Time the fused and the naive training step (and pair generation); append the rows to ``output``."""
     import torch
 
-    from prefopt.rundir import BENCH_ROWS
-
     from prefopt.accelerate_setup import load_backbone
     from prefopt.engine.naive_step import NaiveStep, naive_step_applies
     from prefopt.engine.trainer import Trainer
+    from prefopt.rundir import BENCH_ROWS
 
     recipe = resolved.recipe
     if steps < 1:

@@ -257,9 +257,11 @@ def _error(message: str) -> None:
 
 
 def _out_of_memory(exc: BaseException, kinds: set[str]) -> bool:
-    """torch's accelerator OutOfMemoryError, Python's MemoryError, or torch's CPU allocator giving up."""
-    return bool({"OutOfMemoryError", "MemoryError"} & kinds) or (
-        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc))
+    """torch's accelerator OutOfMemoryError, Python's MemoryError, torch's CPU allocator giving up, or an
+    out-of-memory that reached us as a RuntimeError (a DataLoader worker's, a CUDA or MPS error)."""
+    message = str(exc).lower()
+    return bool({"OutOfMemoryError", "MemoryError"} & kinds) or (isinstance(exc, RuntimeError) and any(
+        sign in message for sign in ("can't allocate memory", "out of memory", "outofmemoryerror")))
 
 
 def main() -> None:

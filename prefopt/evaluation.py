@@ -540,11 +540,12 @@ def print_report(report: dict) -> None:
             print(line)
 
 
-def _refuse_output_inside(output: Path, sealed: list[Path]) -> None:
-    """--output may not lie in the weights being scored (their seal would break) nor be a run's own directory
-    (its eval.json is the run's)."""
-    from prefopt.rundir import RESOLVED
+def _refuse_output_inside(output: Path, run_dir: Path, sealed: list[Path]) -> None:
+    """--output may not lie in the weights being scored (their seal would break), be a run's own directory
+    (its eval.json is the run's) or be reached through a link in the run directory (the default run/eval)."""
+    from prefopt.rundir import RESOLVED, refuse_links_between
 
+    refuse_links_between(run_dir, output)
     target = output.resolve()
     for directory in sealed:
         if target.is_relative_to(Path(directory).resolve()):
@@ -575,7 +576,7 @@ def run_eval(resolved, registry, weights: Sequence[Path] = (), include_base: boo
     if reference is not None and not reference.is_dir():
         raise PrefoptError(f"no pretrained reference at {reference}; run the recipe first")
     output = Path(output or run_dir / "eval")
-    _refuse_output_inside(output, [*weights, *([reference] if reference is not None else [])])
+    _refuse_output_inside(output, run_dir, [*weights, *([reference] if reference is not None else [])])
     evaluators = [registry.get("evaluator", c.name)(resolved.config("eval", i)) for i, c in enumerate(recipe.eval)]
     state = process_state()
     report: dict = {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from prefopt.errors import PrefoptError, file_errors
@@ -94,6 +95,9 @@ def _check_output(output: Path, run_dir: Path, overwrite: bool, directory: bool)
 
     ``directory``: the export is a pipeline directory (merged), else one file (kohya).
     """
+    from prefopt.rundir import refuse_links_between
+
+    refuse_links_between(run_dir, output)  # the default, RUN_DIR/export/..., never leads out through a link
     target, run = output.resolve(), run_dir.resolve()
     if target.is_relative_to(run / "final") or run.is_relative_to(target):
         # Writing into final/ breaks its integrity record; replacing the run's own directory loses the run.
@@ -168,10 +172,12 @@ def export_merged(run_dir: Path, registry, output: Path | None = None, overwrite
     pipeline.unload_lora_weights()  # the fused weights stay; the adapter layers go
 
     _make_parent(output)
-    # A name of this process's own beside the output: a rename into place stays on one file system.
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    # A new directory of its own beside the output (a rename into place stays on one file system),
+    # made by mkdtemp: never a leftover, nor a link planted at a name that could be guessed.
+    with file_errors(output.parent, "write"):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would make the export private to this user
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
         pipeline.save_pretrained(tmp, safe_serialization=True)
         replace_dir(tmp, output)  # the old export is whole under its name until the new one takes it
     except BaseException as exc:

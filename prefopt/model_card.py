@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-
 from prefopt.atomic import write_atomic
 
 log = logging.getLogger(__name__)

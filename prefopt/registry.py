@@ -113,7 +113,7 @@ class PluginRegistry:
         """What one plugin's hook returns, as a list; a hook that fails or returns something else is named."""
         try:
             returned = impl.function()
-        except Exception as exc:  # noqa: BLE001 - a third party's code: any failure is reported, with its origin
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a third party's code: any failure, with its origin
             raise PluginError(f"plugin {impl.plugin_name}: {hook_name}() failed: {type(exc).__name__}: {exc}") from exc
         if returned is None:
             return []

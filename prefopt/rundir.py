@@ -119,11 +119,16 @@ def contents(run_dir: Path) -> list[str]:
 
 
 def find_link(path: Path) -> Path | None:
-    """``path`` itself, or the first entry under it, that is a symbolic link (none is followed); None if none is."""
+    """``path`` itself, or the first entry under it, that is a symbolic link (none is followed); None if none is.
+
+    A tracker's store (wandb/, tensorboard/, ... of a run or of its pretraining stage) is not looked
+    into: its library links its own files there (wandb's latest-run, its logs in its cache), and
+    prefopt never writes into it. The store itself being a link is still found.
+    """
     path = Path(path)
     if path.is_symlink():
         return path
-    if not path.is_dir():
+    if not path.is_dir() or path.name in TRACKER_ENTRIES:
         return None
     pending = [path]
     with file_errors(path, "list"):
@@ -132,7 +137,7 @@ def find_link(path: Path) -> Path | None:
                 for entry in entries:
                     if entry.is_symlink():
                         return Path(entry.path)
-                    if entry.is_dir(follow_symlinks=False):
+                    if entry.is_dir(follow_symlinks=False) and entry.name not in TRACKER_ENTRIES:
                         pending.append(Path(entry.path))
     return None
 
@@ -152,6 +157,21 @@ def refuse_links(path: Path) -> None:
     link = find_link(path)
     if link is not None:
         raise link_refusal(link)
+
+
+def refuse_links_between(run_dir: Path, path: Path) -> None:
+    """Refuse ``path``, and each directory between it and ``run_dir`` that it lies in, being a link.
+
+    For outputs a command puts in a run directory (eval/, export/): a planted link there would carry
+    them, and an --overwrite's deletions, out of it.
+    """
+    run_dir, path = Path(os.path.abspath(run_dir)), Path(os.path.abspath(path))
+    if not path.is_relative_to(run_dir):
+        return
+    while path != run_dir:
+        if path.is_symlink():
+            raise link_refusal(path)
+        path = path.parent
 
 
 def remove(path: Path) -> None:
@@ -184,11 +204,10 @@ def prepare_run_dir(run_dir: Path, resolved, resume: bool, overwrite: bool, stat
         if difference:
             raise PrefoptError(f"--resume: the recipe differs from the run's in {difference}; "
                                "resume with the same recipe or start a new output_dir")
-        # A resumed run keeps, reads and appends to everything of its own there. The trackers' stores
-        # are theirs (wandb links its logs into its cache): prefopt never writes into them itself.
-        for name in contents(run_dir):
-            if name not in TRACKER_ENTRIES:
-                refuse_links(run_dir / name)
+        for name in contents(run_dir):  # a resumed run keeps, reads and appends to everything there
+            refuse_links(run_dir / name)
+        if state is not None:  # every process has looked before the main one removes leftovers
+            state.wait_for_everyone()
         return
     names = contents(run_dir)
     leftover = [n for n in names if n not in REUSABLE]

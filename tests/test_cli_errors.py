@@ -467,6 +467,8 @@ MISBEHAVING_PLUGINS = {
     "name-not-a-string": ("class Odd(Objective):\n    name = 7\n\n\n@hookimpl\ndef prefopt_objectives():\n"
                           "    return [Odd]\n", ["Odd", "whose name is 7", "not a non-empty string"]),
     "exits-at-import": ("import sys\nsys.exit(3)\n", ["failed to import", "SystemExit"]),
+    "exits-in-its-hook": ("import sys\n\n\n@hookimpl\ndef prefopt_objectives():\n    sys.exit(4)\n",
+                          ["prefopt_objectives() failed", "SystemExit"]),
 }
 
 
@@ -509,3 +511,19 @@ def test_an_empty_checkpoint_name_is_refused(tmp_path):
     code, err = run_in_process("run", str(write_toy_recipe(tmp_path, pretrain=False)), "--resume", "--checkpoint", "")
     assert code == 2
     assert "--checkpoint names a checkpoint" in error_lines(err)[0]
+
+
+@pytest.mark.parametrize("message", ["Caught OutOfMemoryError in DataLoader worker process 0",
+                                     "CUDA error: out of memory", "MPS backend out of memory (MPS allocated: 9 GB)"])
+def test_out_of_memory_reported_as_a_runtime_error_is_one_line(tmp_path, monkeypatch, message):
+    from helpers import cli as run_in_process, error_lines, write_toy_recipe
+    from prefopt import stages
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(stages, "train_stage", exhausted)
+    code, err = run_in_process("run", str(write_toy_recipe(tmp_path, pretrain=False)))
+    assert code == 2
+    [line] = error_lines(err)
+    assert line.startswith("error: out of memory: ") and message.splitlines()[0][:40] in line

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors import safe_open
-from helpers import cli, error_lines
+from helpers import cli, one_error
 
 # The tiny LoRA run (sealed final/ with its card) and the stand-in for HfApi's network calls.
 from test_sharing import RUN_ID, FakeHub, base, lora_run  # noqa: F401 - base and lora_run are fixtures
@@ -27,16 +27,6 @@ def run(lora_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(lora_run, copy)
     return copy
-
-
-def refused(code: int, err: str, *words: str) -> None:
-    """A refusal: exit code 2, one error line naming ``words``, no traceback."""
-    assert code == 2, err
-    lines = error_lines(err)
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -56,7 +46,7 @@ def user_dir(path: Path, marker: str = "keep.txt") -> Path:
 def test_kohya_overwrite_never_replaces_a_directory(run, tmp_path):
     target = user_dir(tmp_path / "some_dir")
     code, err = cli("export", run, "--to", "kohya", "--output", target, "--overwrite")
-    refused(code, err, "not a regular file", "some_dir")
+    one_error(code, err, "not a regular file", "some_dir")
     assert (target / "keep.txt").read_text() == "the user's"
 
 
@@ -78,7 +68,7 @@ def test_export_refuses_the_working_directory_and_what_holds_it(run, tmp_path, m
     monkeypatch.chdir(work)
     for output in (".", "..", str(work)):
         code, err = cli("export", run, "--to", to, "--output", output, "--overwrite")
-        refused(code, err)
+        one_error(code, err)
         assert (work / "keep.txt").read_text() == "the user's"
 
 
@@ -88,20 +78,20 @@ def test_merged_overwrite_refuses_the_home_directory(run, tmp_path, monkeypatch)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(tmp_path)
     code, err = cli("export", run, "--to", "merged", "--output", home, "--overwrite")
-    refused(code, err, "home")
+    one_error(code, err, "home")
     assert (home / "keep.txt").read_text() == "the user's"
 
 
 def test_merged_overwrite_replaces_only_a_previous_export(run, tmp_path):
     other = user_dir(tmp_path / "not_an_export")
     code, err = cli("export", run, "--to", "merged", "--output", other, "--overwrite")
-    refused(code, err, "not one", "model_index.json")
+    one_error(code, err, "not one", "model_index.json")
     assert (other / "keep.txt").read_text() == "the user's"
 
     afile = tmp_path / "a_file"
     afile.write_bytes(b"the user's")
     code, err = cli("export", run, "--to", "merged", "--output", afile, "--overwrite")
-    refused(code, err, "not a directory")
+    one_error(code, err, "not a directory")
     assert afile.read_bytes() == b"the user's"
 
     out = tmp_path / "merged"
@@ -115,9 +105,9 @@ def test_merged_overwrite_replaces_only_a_previous_export(run, tmp_path):
 
 def test_export_never_writes_into_final_or_over_the_run(run, tmp_path):
     code, err = cli("export", run, "--to", "kohya", "--output", run / "final" / "lora.safetensors")
-    refused(code, err, "final/")
+    one_error(code, err, "final/")
     code, err = cli("export", run, "--to", "merged", "--output", run, "--overwrite")
-    refused(code, err, "holds the run")
+    one_error(code, err, "holds the run")
     checksums.verify(run / "final", "trained weights", "", run_id=RUN_ID)  # still whole
 
 
@@ -130,7 +120,7 @@ def test_merged_overwrite_never_replaces_the_base_model(run, base, tmp_path):
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     before = snapshot(copy)
     code, err = cli("export", run, "--to", "merged", "--output", copy, "--overwrite")
-    refused(code, err, "base model")
+    one_error(code, err, "base model")
     assert snapshot(copy) == before
 
 
@@ -139,7 +129,7 @@ def test_export_refuses_a_symbolic_link(run, tmp_path):
     link = tmp_path / "link"
     link.symlink_to(target)
     code, err = cli("export", run, "--to", "merged", "--output", link, "--overwrite")
-    refused(code, err, "symbolic link")
+    one_error(code, err, "symbolic link")
     assert (target / "keep.txt").read_text() == "the user's" and link.is_symlink()
 
 
@@ -185,7 +175,7 @@ def test_export_refuses_an_unsealed_or_damaged_final(run, tmp_path, damage, to):
     spoil(run)
     out = tmp_path / "out"
     code, err = cli("export", run, "--to", to, "--output", out)
-    refused(code, err, word, "prefopt run RECIPE --resume")
+    one_error(code, err, word, "prefopt run RECIPE --resume")
     assert not out.exists()
 
 
@@ -195,7 +185,7 @@ def test_push_refuses_an_unsealed_or_damaged_final(run, monkeypatch, damage):
     spoil, word = DAMAGES[damage]
     spoil(run)
     code, err = cli("push", run, "--repo-id", "someone/model")
-    refused(code, err, word)
+    one_error(code, err, word)
     assert hub.calls == []
 
 
@@ -217,7 +207,7 @@ def test_merged_export_names_a_damaged_backbone_section(run, tmp_path, key, valu
         recipe["backbone"][key] = value
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     code, err = cli("export", run, "--to", "merged", "--output", tmp_path / "out")
-    refused(code, err, words, "recipe.resolved.yaml")
+    one_error(code, err, words, "recipe.resolved.yaml")
 
 
 # ---------------------------------------------------------------------------- push leaves the run as it was
@@ -227,7 +217,7 @@ def test_failed_push_leaves_final_byte_identical(run, monkeypatch):
     before, names = snapshot(run / "final"), sorted(p.name for p in run.iterdir())
     FakeHub(monkeypatch, fail=ConnectionError("Failed to resolve 'huggingface.co'"))
     code, err = cli("push", run, "--repo-id", "someone/model")
-    refused(code, err, "push to someone/model failed")
+    one_error(code, err, "push to someone/model failed")
     assert snapshot(run / "final") == before
     assert sorted(p.name for p in run.iterdir()) == names  # nothing staged in the run either
 
@@ -246,3 +236,22 @@ def test_push_uploads_a_verifiable_final_and_changes_nothing_here(run, monkeypat
         (download / name).parent.mkdir(parents=True, exist_ok=True)
         (download / name).write_bytes(data)
     checksums.verify(download, "trained weights", "", run_id=RUN_ID)
+
+
+def test_export_refuses_a_link_planted_at_its_default_directory(run, tmp_path):
+    elsewhere = user_dir(tmp_path / "elsewhere")
+    (run / "export").symlink_to(elsewhere)
+    code, err = cli("export", run, "--to", "kohya")
+    one_error(code, err, str(run / "export"), "symbolic link")
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
+
+
+def test_a_link_at_the_old_guessable_temporary_name_is_never_written_through(run, tmp_path):
+    import os
+
+    elsewhere = user_dir(tmp_path / "elsewhere")
+    (tmp_path / f".merged.tmp-{os.getpid()}").symlink_to(elsewhere)
+    code, err = cli("export", run, "--to", "merged", "--output", tmp_path / "merged")
+    assert code == 0, err
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
+    assert (tmp_path / "merged" / "model_index.json").is_file() and not (tmp_path / "merged").is_symlink()

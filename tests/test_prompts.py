@@ -169,3 +169,15 @@ def test_values_that_are_not_text_are_left_out_with_a_warning(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert load(path) == PROMPTS[:2]
     assert "2 of 5 values in column 'prompt' are not text (e.g. int)" in caplog.text
+
+
+def test_a_parquet_error_without_a_message_is_still_one_data_error(tmp_path, monkeypatch):
+    path = tmp_path / "metadata.parquet"
+    pq.write_table(pa.table({"prompt": PROMPTS}), path)
+
+    def silent(*args, **kwargs):
+        raise pa.ArrowInvalid("")
+
+    monkeypatch.setattr(pq, "read_schema", silent)
+    with pytest.raises(DataError, match=r"is not a readable parquet file \(ArrowInvalid\)"):
+        load(path)

@@ -62,3 +62,19 @@ def test_eval_output_inside_sealed_weights_or_a_run_directory_is_refused(final, 
     [line] = error_lines(err)
     assert ("is sealed weights" if where == "inside the weights" else "is a run directory") in line
     assert sorted(p.name for p in output.parent.iterdir()) == before
+
+
+def test_eval_refuses_a_link_planted_at_its_default_output(final, tmp_path):
+    run_dir = final.parent
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    recipe = write_toy_recipe(tmp_path, run_dir, **FAST, eval=[{"name": "toy2d_modes", "samples_per_condition": 10}])
+    (run_dir / "eval").symlink_to(elsewhere)
+    try:
+        code, err = cli("eval", str(recipe))
+        assert code == 2
+        [line] = error_lines(err)
+        assert f"{run_dir / 'eval'} is a symbolic link" in line
+        assert list(elsewhere.iterdir()) == []
+    finally:
+        (run_dir / "eval").unlink()

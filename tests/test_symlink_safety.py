@@ -290,3 +290,23 @@ def test_compare_refuses_a_link_where_a_seed_shares_its_reference_and_pairs(tmp_
     one_error(*cli("compare", recipe), str(root / planted), "symbolic link")
     assert list(elsewhere.iterdir()) == []
 
+
+
+@pytest.mark.parametrize("store", ["wandb", "tensorboard"])
+def test_links_a_tracker_made_in_its_own_store_are_not_refused(tmp_path, store):
+    """wandb links latest-run and its logs (into ~/.cache) inside its store, in the run and in the pretraining
+    stage's reference/: the run is still reused, rerun and resumed. The store being a link is still refused."""
+    recipe = pretraining_recipe(tmp_path)
+    assert cli("run", recipe)[0] == 0
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    cache.mkdir()
+    for stage in (run, run / "reference"):
+        (stage / store / "offline-run-1").mkdir(parents=True, exist_ok=True)
+        (stage / store / "latest-run").symlink_to("offline-run-1")
+        (stage / store / "offline-run-1" / "debug.log").symlink_to(cache)
+    code, err = cli("run", recipe, "--overwrite")  # reuses reference/, whose store holds links
+    assert code == 0, err
+    assert "Traceback" not in err
+    shutil.rmtree(run / store, ignore_errors=True)  # --overwrite cleared the run's own store
+    (run / store).symlink_to(cache)
+    one_error(*cli("run", recipe, "--resume"), str(run / store), "symbolic link")

@@ -62,7 +62,8 @@ def _parquet_rows(path: Path, split: str) -> Iterator[dict[str, Any]]:
             for batch in batches:
                 yield from batch.to_pylist()
         except pa.ArrowException as exc:  # empty, truncated or damaged part way through
-            raise DataError(f"{file} is not a readable parquet file ({str(exc).splitlines()[0]})") from None
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise DataError(f"{file} is not a readable parquet file ({reason})") from None
 
 
 def _saved_dataset_rows(path: Path, split: str) -> Iterator[dict[str, Any]]:

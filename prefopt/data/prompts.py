@@ -69,7 +69,8 @@ def _read_parquet(path: Path, column: str) -> list[Any]:
             raise _missing_column(path, column, names)
         return pq.read_table(path, columns=[column]).column(column).to_pylist()
     except pa.ArrowException as exc:  # empty, truncated or not parquet at all
-        raise DataError(f"prompt file {path} is not a readable parquet file ({str(exc).splitlines()[0]})") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"prompt file {path} is not a readable parquet file ({reason})") from None
 
 
 READERS: dict[str, Callable[[Path, str], list[Any]]] = {

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from prefopt.atomic import replace_dir
-from prefopt.rundir import remove
 from prefopt.errors import PrefoptError
 from prefopt.interfaces import REFERENCE, STUDENT, Backbone
+from prefopt.rundir import remove
 
 DIRECTORY = "validation"
 REFERENCE_DIR = "reference"
