@@ -64,8 +64,6 @@ def _lora_of(run_dir: Path) -> Path:
     from prefopt.rundir import FINAL_REPAIR, verify_final
 
     final = run_dir / "final"
-    if not final.is_dir():
-        raise PrefoptError(f"{run_dir} has no final/ to export; finish the run first (prefopt run RECIPE)")
     lora = final / LORA_FILE
     if not lora.is_file():
         raise PrefoptError(f"{final} is not a LoRA (no {LORA_FILE}): a fully fine-tuned run's final/ "
@@ -242,6 +240,13 @@ def export_kohya(run_dir: Path, registry, output: Path | None = None, overwrite:
 
 
 def export_run(run_dir: Path, to: str, registry, output: Path | None = None, overwrite: bool = False) -> Path:
+    from prefopt.locking import hold
+
     if to not in TARGETS:
         raise PrefoptError(f"--to {to!r}: one of {', '.join(TARGETS)}")
-    return (export_merged if to == "merged" else export_kohya)(run_dir, registry, output, overwrite)
+    if not (Path(run_dir) / "final").is_dir():  # before the lock, which would create a missing directory
+        raise PrefoptError(f"{run_dir} has no final/ to export; finish the run first (prefopt run RECIPE)")
+    # Held as eval holds it: no `prefopt run --overwrite` may clear final/ while it is read,
+    # nor the run directory while the default export is written into it.
+    with hold(run_dir, "run directory"):
+        return (export_merged if to == "merged" else export_kohya)(run_dir, registry, output, overwrite)

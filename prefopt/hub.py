@@ -53,9 +53,10 @@ def upload_files(final: Path, repo_id: str) -> dict[str, Path | bytes]:
 
 def push_run(run_dir: Path, repo_id: str, private: bool = False) -> str:
     """Upload ``run_dir/final`` to the model repository ``repo_id``; returns the repository's URL."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    from prefopt.locking import hold
     from prefopt.rundir import FINAL_REPAIR, verify_final
 
     final = Path(run_dir) / "final"
@@ -65,10 +66,18 @@ def push_run(run_dir: Path, repo_id: str, private: bool = False) -> str:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
         raise PrefoptError(f"--repo-id {repo_id!r} is not a Hub repository id: {exc}") from None
-    # As eval does: never publish weights that are unsealed (not written whole) or changed since.
-    verify_final(final, repair=FINAL_REPAIR)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data if isinstance(data, bytes) else str(data))
-                  for name, data in sorted(upload_files(final, repo_id).items())]
+    # Held as eval holds it: no `prefopt run --overwrite` may replace final/ during the upload.
+    with hold(run_dir, "run directory"):
+        # As eval does: never publish weights that are unsealed (not written whole) or changed since.
+        verify_final(final, repair=FINAL_REPAIR)
+        operations = [CommitOperationAdd(path_in_repo=name,
+                                         path_or_fileobj=data if isinstance(data, bytes) else str(data))
+                      for name, data in sorted(upload_files(final, repo_id).items())]
+        return _upload(run_dir, repo_id, private, operations)
+
+
+def _upload(run_dir: Path, repo_id: str, private: bool, operations: list) -> str:
+    from huggingface_hub import HfApi
 
     api = HfApi()
     try:

@@ -214,12 +214,17 @@ def test_merged_export_names_a_damaged_backbone_section(run, tmp_path, key, valu
 
 
 def test_failed_push_leaves_final_byte_identical(run, monkeypatch):
-    before, names = snapshot(run / "final"), sorted(p.name for p in run.iterdir())
+    from prefopt.locking import is_lock_file
+
+    def names():  # the lock files push holds the run with are never content of it
+        return sorted(p.name for p in run.iterdir() if not is_lock_file(p.name))
+
+    before, names_before = snapshot(run / "final"), names()
     FakeHub(monkeypatch, fail=ConnectionError("Failed to resolve 'huggingface.co'"))
     code, err = cli("push", run, "--repo-id", "someone/model")
     one_error(code, err, "push to someone/model failed")
     assert snapshot(run / "final") == before
-    assert sorted(p.name for p in run.iterdir()) == names  # nothing staged in the run either
+    assert names() == names_before  # nothing staged in the run either
 
 
 def test_push_uploads_a_verifiable_final_and_changes_nothing_here(run, monkeypatch, tmp_path):
@@ -255,3 +260,31 @@ def test_a_link_at_the_old_guessable_temporary_name_is_never_written_through(run
     assert code == 0, err
     assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
     assert (tmp_path / "merged" / "model_index.json").is_file() and not (tmp_path / "merged").is_symlink()
+
+
+# ---------------------------------------------------------------------------- export and push hold the run
+
+
+@pytest.mark.parametrize("command", [("export", "--to", "kohya"), ("push", "--repo-id", "someone/model")])
+def test_export_and_push_wait_for_no_run_but_refuse_a_held_one(run, monkeypatch, command):
+    """A `prefopt run --overwrite` of the same directory could clear final/ under them: they hold the run, as eval does."""
+    from test_run_dir_safety import start_holder, stop
+
+    hub = FakeHub(monkeypatch)
+    before = snapshot(run / "final")
+    holder = start_holder(run)
+    try:
+        code, err = cli(command[0], run, *command[1:])
+        one_error(code, err, str(run), "in use by another prefopt command", f"pid {holder.pid}")
+    finally:
+        stop(holder)
+    assert hub.calls == [] and not (run / "export").exists()
+    assert snapshot(run / "final") == before
+
+
+@pytest.mark.parametrize("command", [("export", "--to", "kohya"), ("push", "--repo-id", "someone/model")])
+def test_export_and_push_of_a_missing_run_create_nothing(tmp_path, command):
+    missing = tmp_path / "no-such-run"
+    code, err = cli(command[0], missing, *command[1:])
+    one_error(code, err, str(missing), "has no final/")
+    assert not missing.exists()

@@ -181,3 +181,24 @@ def test_a_parquet_error_without_a_message_is_still_one_data_error(tmp_path, mon
     monkeypatch.setattr(pq, "read_schema", silent)
     with pytest.raises(DataError, match=r"is not a readable parquet file \(ArrowInvalid\)"):
         load(path)
+
+
+def test_csv_with_a_quote_left_open_is_one_error_naming_the_file(tmp_path):
+    # Unchecked, the open quote swallows every later row into one "prompt".
+    path = tmp_path / "p.csv"
+    path.write_text('id,prompt\n0,"a red cat\n1,two dogs in the snow\n2,a lighthouse at dusk\n')
+    with pytest.raises(DataError, match=r"p.csv:\d+: not valid CSV \(unexpected end of data\)") as info:
+        load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_control_characters_in_a_prompt_count_as_whitespace(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('prompt\n"a red\x00cat\x1b"\n"two dogs\x7f in the snow"\n')
+    assert load(path) == ["a red cat", "two dogs in the snow"]
+
+
+def test_text_file_keeps_a_prompt_with_a_unicode_line_separator_whole(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("a red cat\u2028sitting\r\ntwo dogs in the snow\n", encoding="utf-8", newline="")
+    assert load(path) == ["a red cat sitting", "two dogs in the snow"]  # one prompt, its separator a space

@@ -5,7 +5,8 @@ the prompts in ``column`` (DiffusionDB's metadata parquet calls it
 ``prompt``), a ``datasets`` directory written by ``save_to_disk``, or a
 Hugging Face hub id. Each prompt has its whitespace collapsed to single
 spaces, because word counts and de-duplication are on whitespace words and a
-newline inside a prompt would break one-line formats downstream.
+newline inside a prompt would break one-line formats downstream; other control
+characters (a NUL, an escape) count as whitespace for the same reason.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ def _missing_column(where: object, column: str, available: Iterable[str]) -> Dat
 
 
 def _read_text(path: Path, column: str) -> list[Any]:
-    """One prompt per line; the column does not apply."""
-    return path.read_text(encoding="utf-8-sig").splitlines()
+    """One prompt per line (``\n`` or ``\r\n``); the column does not apply.
+
+    Not ``str.splitlines``: it also splits at Unicode separators (U+2028, U+0085, ...)
+    that may sit inside a prompt, which would make one line two prompts.
+    """
+    return [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
 
 
 def _read_jsonl(path: Path, column: str) -> list[Any]:
@@ -52,11 +57,17 @@ def _read_jsonl(path: Path, column: str) -> list[Any]:
 
 
 def _read_csv(path: Path, column: str) -> list[Any]:
+    """The column's cells. ``strict``: a quote left open would otherwise swallow the rest of
+    the file into one prompt without a word; a malformed file is one error naming its line."""
     with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if column not in (reader.fieldnames or []):
-            raise _missing_column(path, column, reader.fieldnames or [])
-        return [row[column] for row in reader]
+        reader = csv.DictReader(handle, strict=True)
+        try:
+            if column not in (reader.fieldnames or []):
+                raise _missing_column(path, column, reader.fieldnames or [])
+            return [row[column] for row in reader]
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({exc}); "
+                            "check the quoting of that row") from None
 
 
 def _read_parquet(path: Path, column: str) -> list[Any]:
@@ -128,9 +139,13 @@ def _read_values(config: PromptsConfig, base_dir: Path | None) -> tuple[list[Any
     raise DataError(f"prompt file not found: {path}")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _clean(values: Iterable[Any]) -> list[str]:
-    """Strings with whitespace collapsed; empty and non-string cells (nulls) dropped."""
-    return [text for value in values if isinstance(value, str) and (text := " ".join(value.split()))]
+    """Strings with control characters and whitespace collapsed; empty and non-string cells (nulls) dropped."""
+    return [text for value in values
+            if isinstance(value, str) and (text := " ".join(_CONTROL.sub(" ", value).split()))]
 
 
 def select_prompts(prompts: list[str], config: PromptsConfig, source: str) -> list[str]:
