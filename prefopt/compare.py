@@ -137,7 +137,7 @@ def _refuse_filled_variant_dirs(plans) -> None:
 
 
 def _compare_held(resolved: ResolvedRecipe, registry, plans, root: Path, overwrite: bool) -> Path:
-    from prefopt.evaluation import extend_compare_report
+    from prefopt.compare_figures import extend_compare_report
     from prefopt.rundir import link_refusal
     from prefopt.stages import pretrain_reference, run_recipe
 

@@ -1,7 +1,8 @@
 """Image grids as PNG files: pair grids, evaluators' sample grids, comparison grids.
 
 One drawing routine for every grid of images prefopt writes, so they look
-alike and are all written whole or not at all.
+alike, and one way to write any figure: whole or not at all (a run killed
+while a figure is saved leaves the previous figure or none, never half a PNG).
 """
 
 from __future__ import annotations
@@ -53,7 +54,23 @@ def grid_png(rows: Sequence[Sequence[Any]], *, row_labels: Sequence[str] = (), c
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    return figure_png(fig, dpi)
+
+
+def figure_png(fig, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=dpi)
-    plt.close(fig)
+    try:
+        fig.savefig(image, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
     return image.getvalue()
+
+
+def save_figure(fig, path: Path, dpi: int) -> Path:
+    """Write a matplotlib figure as a PNG at ``path``, whole or not at all; the figure is closed."""
+    with file_errors(path, "write"):
+        write_atomic(Path(path), figure_png(fig, dpi))
+    return Path(path)

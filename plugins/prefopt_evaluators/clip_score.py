@@ -146,7 +146,9 @@ class ClipScore(PromptSetEvaluator):
         for source, source_images in images.items():
             (image_dir / source).mkdir(parents=True)
             for i, image in enumerate(source_images):
-                image.save(image_dir / source / f"{i}.png")
+                png = io.BytesIO()
+                image.save(png, format="PNG")
+                write_atomic(image_dir / source / f"{i}.png", png.getvalue())  # never half an image
         table = io.StringIO(newline="")
         writer = csv.writer(table)
         writer.writerow(["prompt", "seed", "student_score", "reference_score"])

@@ -96,6 +96,8 @@ class Toy2DModes(Evaluator):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from prefopt.figures import save_figure
+
         lim = self.config.layout.radius + 2.0
         fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
         import numpy as np
@@ -113,6 +115,4 @@ class Toy2DModes(Evaluator):
             ax.set_xticks([])
             ax.set_yticks([])
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path, dpi=120)
