@@ -339,6 +339,7 @@ def _first_error(exc: ValidationError, model, prefix, where, overrides) -> Recip
 
 # -- YAML: no duplicate keys, bounded aliases ------------------------------------------------
 MAX_NODES = 100_000  # values a recipe may expand to, aliases followed; real recipes hold a few hundred
+MAX_RECIPE_BYTES = 1 << 20  # real recipes are a few KiB; YAML parses ~0.4 MB/s, so 100 MB would hang for minutes
 
 
 class YAMLRefused(Exception):
@@ -426,9 +427,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RECIPE_BYTES + 1)
     except OSError as exc:
         raise RecipeError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path} is over {MAX_RECIPE_BYTES >> 20} MiB: not a recipe (they are a few KiB); "
+                          "keep data in the files a recipe names")
     try:
         data = parse_yaml(raw.decode("utf-8"))
     except YAMLRefused as exc:
@@ -447,7 +452,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
-    return data
+    return _unshared(data)
+
+
+def _unshared(value: Any) -> Any:
+    """The parsed recipe with every alias made a copy of its own.
+
+    YAML builds an alias as the very object it names, so ``train: *common`` and the
+    ``pretrain.train: &common`` it points at would be one dict, and an override of
+    ``train.max_steps`` would change the pretraining stage too. The aliases' expansion
+    is bounded (MAX_NODES), so the copy is too.
+    """
+    if isinstance(value, dict):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshared(item) for item in value]
+    return value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -460,7 +480,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key.isprintable():
         raise RecipeError(f"override {text!r} has a control character in its field name")
     try:
-        value = parse_yaml(raw) if raw.strip() else ""
+        value = _unshared(parse_yaml(raw)) if raw.strip() else ""
     except YAMLRefused as exc:
         raise RecipeError(f"override {key}: {exc}") from None
     except Exception:  # noqa: BLE001 - not YAML (YAML's constructors raise anything): the text itself
