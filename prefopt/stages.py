@@ -21,7 +21,8 @@ from prefopt.checksums import read_json
 from prefopt.errors import DataError, PrefoptError, file_errors
 from prefopt.recipe import PairsConfig, ResolvedRecipe, TrainConfig
 from prefopt.registry import PluginRegistry
-from prefopt.rundir import prepare_run_dir, refuse_links, remove, reseal_final, save_final, verify_final
+from prefopt.rundir import (contents, find_link, prepare_run_dir, refuse_links, remove, reseal_final, save_final,
+                            verify_final)
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,37 @@ def build_or_reuse_pairs(pairs_cfg: PairsConfig, source_config, registry: Plugin
 
     from prefopt.locking import hold
 
+    if not replace_stale:  # before the lock, whose files would be left in a refused directory
+        _check_users_pairs_dir(directory)
     guard = nullcontext() if replace_stale else hold(directory, "pair dataset", process_state())
     with guard:
         return _build_or_reuse_pairs(pairs_cfg, source_config, registry, backbone, directory, seed, accelerator,
                                      base_dir, replace_stale, full_check)
+
+
+def _check_users_pairs_dir(directory: Path) -> None:
+    """A ``pairs.dir`` the user named is written into only if it is a pair dataset already, or empty.
+
+    Otherwise the build would overwrite files of the user's that share a dataset file's name, and
+    a link planted inside (``shards`` -> elsewhere) would carry the shards out of it. The directory
+    itself may be a link (to a larger disk, say): what it points to is checked.
+    """
+    from prefopt.data.pairset import MANIFEST
+
+    real = directory.resolve()
+    if not real.is_dir():
+        return  # made by the build
+    link = find_link(real)
+    if link is not None:
+        raise DataError(f"pairs.dir {directory} holds a symbolic link ({link}); prefopt never writes pairs "
+                        "through one: point pairs.dir at a directory without links")
+    if (real / MANIFEST).exists():
+        return  # a pair dataset, whole or being built: _build_or_reuse_pairs checks it is this recipe's
+    # A build killed before its manifest leaves at most an empty shards/.
+    foreign = [name for name in contents(real) if not (name == "shards" and not any((real / name).iterdir()))]
+    if foreign:
+        raise DataError(f"pairs.dir {directory} holds files that are not a pair dataset (e.g. {foreign[0]!r}); "
+                        "point pairs.dir at an empty or new directory")
 
 
 def _build_or_reuse_pairs(pairs_cfg: PairsConfig, source_config, registry: PluginRegistry, backbone,

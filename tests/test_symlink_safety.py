@@ -310,3 +310,45 @@ def test_links_a_tracker_made_in_its_own_store_are_not_refused(tmp_path, store):
     shutil.rmtree(run / store, ignore_errors=True)  # --overwrite cleared the run's own store
     (run / store).symlink_to(cache)
     one_error(*cli("run", recipe, "--resume"), str(run / store), "symbolic link")
+
+
+# ------------------------------------------------------------------------------ a user's pairs.dir
+
+def _pairs_dir_recipe(tmp_path: Path, pairs_dir: Path) -> Path:
+    recipe = write_toy_recipe(tmp_path, **FAST)
+    data = yaml.safe_load(recipe.read_text())
+    data["pairs"]["dir"] = str(pairs_dir)
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    return recipe
+
+
+def test_a_users_pairs_dir_holding_other_files_is_refused_and_left_as_it_was(tmp_path):
+    """Its metadata.jsonl and backbone.json were overwritten by the build's files of the same names."""
+    pairs = tmp_path / "my-folder"
+    pairs.mkdir()
+    (pairs / "metadata.jsonl").write_text("the user's")
+    before = tree_digest(pairs)
+    one_error(*cli("pairs", "build", _pairs_dir_recipe(tmp_path, pairs)), str(pairs), "not a pair dataset",
+              "metadata.jsonl")
+    assert tree_digest(pairs) == before
+
+
+def test_a_link_inside_a_users_pairs_dir_is_refused_and_nothing_written_through_it(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    (pairs / "shards").symlink_to(elsewhere)
+    one_error(*cli("pairs", "build", _pairs_dir_recipe(tmp_path, pairs)), str(pairs / "shards"), "symbolic link")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_users_pairs_dir_that_is_a_link_to_an_empty_directory_is_built_and_reused(tmp_path):
+    disk = tmp_path / "big-disk" / "pairs"
+    disk.mkdir(parents=True)
+    (tmp_path / "pairs").symlink_to(disk)
+    recipe = _pairs_dir_recipe(tmp_path, tmp_path / "pairs")
+    for _ in range(2):  # built, then reused
+        code, err = cli("pairs", "build", recipe)
+        assert code == 0, err
+    assert (disk / "manifest.json").is_file()
