@@ -33,7 +33,10 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only file system refuses even this: the write's own error is the one to report
         if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
             exc.filename = str(path)  # name the file being written, not its temporary (a full disk names none)
         raise

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -317,12 +318,29 @@ def read_rows(output: Path, title: str) -> str:
 
     if output.exists() and not output.is_file():
         raise PrefoptError(f"--output {output} is not a file")
+    # The rows are written beside the file and renamed over it (after any missing folders are made), so it
+    # is the nearest existing folder that must take new files, checked here before minutes of timing.
+    folder = output.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+        raise PrefoptError(f"--output {output} cannot be written: {folder} is not a writable folder "
+                           "(read-only or no permission); pass --output with a writable location")
     with file_errors(output, "read"):
         raw = output.read_bytes() if output.exists() else title.encode()
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PrefoptError(f"--output {output} is not UTF-8 text (byte {exc.start}): name another file") from None
+
+
+# Line breaks (Unicode's too) and other control characters: one would end a table row and start a forged one.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def cell(value) -> str:
+    """``value`` as one markdown table cell, whatever a user's override put in it (a newline, a ``|``)."""
+    return _CONTROL.sub(" ", str(value)).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def _append(output: Path, r: dict) -> None:
@@ -332,14 +350,16 @@ def _append(output: Path, r: dict) -> None:
     lines = []
     for kind, s in r["steps"].items():
         fused = kind == "fused"
-        lines.append(
-            f"| {date.today()} | {r['recipe']} | {r['batch']} | {r['precision']} | {kind} | {s['step_s'] * 1000:.1f} | "
-            f"{s['pairs_per_s']:.1f} | {s['peak_mib']:.0f} | {s['flops_per_pair'] / 1e9:.3f} | "
-            f"{'%.1f%%' % (s['mfu'] * 100) if s['mfu'] is not None else 'n/a (CPU)'} | "
-            f"{'%.3f' % r['ratio'] if fused and r['ratio'] is not None else ''} | "
-            f"{'%.3f' % r['memory_ratio'] if fused and r['memory_ratio'] is not None else ''} | "
-            f"{'%.2f' % r['generation']['images_per_s'] if fused and 'generation' in r else ''} | "
-            f"{r['machine']}, median of {r['repetitions']} |\n")
+        cells = [
+            date.today(), r["recipe"], r["batch"], r["precision"], kind, f"{s['step_s'] * 1000:.1f}",
+            f"{s['pairs_per_s']:.1f}", f"{s['peak_mib']:.0f}", f"{s['flops_per_pair'] / 1e9:.3f}",
+            "%.1f%%" % (s["mfu"] * 100) if s["mfu"] is not None else "n/a (CPU)",
+            "%.3f" % r["ratio"] if fused and r["ratio"] is not None else "",
+            "%.3f" % r["memory_ratio"] if fused and r["memory_ratio"] is not None else "",
+            "%.2f" % r["generation"]["images_per_s"] if fused and "generation" in r else "",
+            f"{r['machine']}, median of {r['repetitions']}",
+        ]
+        lines.append("| " + " | ".join(map(cell, cells)) + " |\n")
     text = read_rows(output, TITLE)
     if "| step | ms/step |" not in text:
         text += "\n" + HEADER

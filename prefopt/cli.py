@@ -7,6 +7,7 @@ torch-free. Every user mistake becomes one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -265,6 +266,11 @@ def _out_of_memory(exc: BaseException, kinds: set[str]) -> bool:
 
 
 def main() -> None:
+    try:
+        os.getcwd()
+    except OSError:  # torch's first import in a deleted directory kills the process (oneMKL), with no message
+        _error("the working directory no longer exists; cd to an existing directory")
+        sys.exit(2)
     try:
         app(standalone_mode=False)
     except PrefoptError as exc:

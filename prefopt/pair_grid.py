@@ -17,8 +17,10 @@ def backbone_that_made(directory: Path, registry):
     if not path.is_file():
         raise DataError(f"{directory} has no {MADE_WITH}; pass --recipe to say which backbone decodes it")
     made_with = read_json(path, "pair dataset record")
-    if not isinstance(made_with, dict) or not {"backbone", "config"} <= set(made_with):
-        raise DataError(f"{path} is damaged (no backbone and config); pass --recipe to say which backbone decodes it")
+    if not (isinstance(made_with, dict) and isinstance(made_with.get("backbone"), str)
+            and isinstance(made_with.get("config"), dict)):
+        raise DataError(f"{path} is damaged (it needs a backbone name and a config mapping); pass --recipe to say "
+                        "which backbone decodes it")
     cls = registry.get("backbone", made_with["backbone"], where=str(path))
     from pydantic import ValidationError
 

@@ -34,6 +34,23 @@ def test_a_failed_atomic_write_names_the_file_not_its_temporary(tmp_path, monkey
     assert raised.value.filename == str(tmp_path / "bench.md")
 
 
+def test_a_write_to_a_read_only_file_system_names_the_file_not_its_temporary(tmp_path, monkeypatch):
+    """On a read-only file system even the cleanup's unlink of the temporary fails: that second error must
+    not replace the first, which names the file asked for."""
+    import errno
+    from pathlib import Path
+
+    from prefopt.atomic import write_atomic
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(OSError) as raised:
+        write_atomic(tmp_path / "bench.md", b"rows")
+    assert raised.value.errno == errno.EROFS and raised.value.filename == str(tmp_path / "bench.md")
+
+
 def test_strict_json_writes_non_finite_numbers_as_null():
     import json
 

@@ -145,3 +145,52 @@ def test_a_rows_file_that_cannot_take_rows_is_refused_before_any_timing(tmp_path
     with pytest.raises(PrefoptError, match="--steps must be"):
         bench(steps=-3, output=None)
     assert garbage.read_bytes() == b"# rows\n\xff\xfe not utf-8\n"
+
+
+def test_a_rows_file_in_a_read_only_folder_is_refused_before_any_timing(tmp_path, monkeypatch):
+    """The rows are renamed into the file's folder: one that takes no new files (read-only, no permission,
+    checked through os.access, which root's tests must stand in for) is refused before the model is loaded."""
+    import os
+
+    from prefopt import accelerate_setup
+    from prefopt.bench import run_bench
+    from prefopt.errors import PrefoptError
+    from prefopt.recipe import load_recipe
+    from prefopt.registry import PluginRegistry
+
+    monkeypatch.setattr(accelerate_setup, "load_backbone", lambda *a, **k: pytest.fail("loaded a model"))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **k: Path(path) != locked and access(path, mode, **k))
+    registry = PluginRegistry()
+    resolved = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "toy2d_ddspo.yaml", registry,
+                           [f"output_dir={tmp_path / 'run'}"])
+    for output in (locked / "bench.md", locked / "new" / "folders" / "bench.md"):
+        with pytest.raises(PrefoptError, match=f"{locked} is not a writable folder"):
+            run_bench(resolved, registry, steps=1, output=output)
+    assert list(locked.iterdir()) == []
+
+
+def test_a_bench_row_stays_one_row_whatever_an_override_holds(tmp_path):
+    """An override with a newline or `|` (or a machine name with them) stays inside its cell: one row per step
+    kind, 14 cells each, and no forged line."""
+    import re
+
+    from prefopt.bench import HEADER, _append
+
+    step = {"step_s": 0.01, "pairs_per_s": 100.0, "peak_mib": 10.0, "flops_per_pair": 1e9, "mfu": None}
+    result = {"recipe": "toy.yaml train.log_every=10\n| forged | row |\r\x1b[2J a\\|b\u2028c", "batch": "2x1",
+              "precision": "no", "machine": "CPU | x1\nfake", "repetitions": 1,
+              "steps": {"fused": step, "naive": step}, "ratio": 1.0, "memory_ratio": 1.0}
+    output = tmp_path / "bench.md"
+    _append(output, result)
+    _append(output, result)
+    text = output.read_text()
+    assert "\x1b" not in text and "\r" not in text and "\u2028" not in text
+    rows = text.split(HEADER)[1].splitlines()
+    assert len(rows) == 4 and not any(row.startswith("| forged") for row in text.splitlines())
+    for row, kind in zip(rows, ["fused", "naive"] * 2):
+        cells = [cell.strip() for cell in re.findall(r"((?:\\.|[^\\|])*)\|", row)[1:]]
+        assert len(cells) == 14 and cells[4] == kind, row
+        assert cells[1] == r"toy.yaml train.log_every=10 \| forged \| row \|  [2J a\\\|b c"

@@ -216,17 +216,18 @@ TITLE = "# Data path benchmarks (`prefopt bench --data`)\n\n"
 
 def _append(output: Path, r: dict) -> None:
     from prefopt.atomic import write_atomic
-    from prefopt.bench import read_rows
+    from prefopt.bench import cell, read_rows
 
     header = ("| date | recipe | data shape | pairs | batch×accum | workers | disk MiB/step | pair MiB/step | "
               "read/pairs | loader pairs/s | ms/step | data wait | machine |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    row = (f"| {date.today()} | {r['recipe']} | {r['shape']} | {r['pairs']} | {r['batch']} | {r['workers']} | "
-           f"{r['disk_bytes_per_step'] / 2**20:.2f} | {r['pair_bytes_per_step'] / 2**20:.2f} | "
-           f"{r['disk_bytes_per_step'] / r['pair_bytes_per_step']:.2f}x | {r['loader_pairs_per_s']:.0f} | "
-           + (f"{r['step_s'] * 1000:.0f} | {r['wait_share'] * 100:.1f}% | " if r["wait_share"] == r["wait_share"]
-              else "— | — | ")  # --steps 0: no training steps timed
-           + f"{r['machine']} |\n")
+    timed = r["wait_share"] == r["wait_share"]  # NaN with --steps 0: no training steps timed
+    cells = [date.today(), r["recipe"], r["shape"], r["pairs"], r["batch"], r["workers"],
+             f"{r['disk_bytes_per_step'] / 2**20:.2f}", f"{r['pair_bytes_per_step'] / 2**20:.2f}",
+             f"{r['disk_bytes_per_step'] / r['pair_bytes_per_step']:.2f}x", f"{r['loader_pairs_per_s']:.0f}",
+             f"{r['step_s'] * 1000:.0f}" if timed else "—", f"{r['wait_share'] * 100:.1f}%" if timed else "—",
+             r["machine"]]
+    row = "| " + " | ".join(map(cell, cells)) + " |\n"
     text = read_rows(output, TITLE)
     if "| data shape |" not in text:
         text += "\n" + header
