@@ -213,3 +213,11 @@ def test_pairs_preview_of_the_pretraining_stage(tmp_path):
     code, out, err, heavy = run_cli(["pairs", "preview", str(recipe), "--pretrain", "--count", "2"])
     assert code == 0, err
     assert heavy == [] and "winner: given tuple" in out
+
+
+def test_pairs_preview_reads_only_the_rows_it_shows_of_a_huge_source(tmp_path):
+    """toy2d_neighbours streams its rows: 10^14 pairs per condition used to be built as one list first (a hang)."""
+    recipe = _recipe(tmp_path, pairs={"source": {"name": "toy2d_neighbours", "pairs_per_condition": 10**14}})
+    code, out, err, _ = run_cli(["pairs", "preview", str(recipe), "--count", "3"], timeout=60)
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 6  # three rows, two lines each

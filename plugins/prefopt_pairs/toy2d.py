@@ -8,7 +8,7 @@ the reference under c, x0^l under a neighbouring condition c- (the paper: N = 2)
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from pydantic import Field
 
@@ -23,7 +23,7 @@ class Toy2DPoints(PairSource):
 
     class Config(PluginConfig):
         layout: ToyLayout = ToyLayout()
-        points_per_condition: int = Field(1000, ge=1)
+        points_per_condition: int = Field(1000, ge=1, le=1_000_000)  # all of them are drawn at once
         noisy_share: float = Field(
             0.3, ge=0, lt=1, description="share of each condition's points drawn from a neighbouring mode"
         )
@@ -51,16 +51,14 @@ class Toy2DNeighbours(PairSource):
         num_conditions: int = Field(8, ge=2)
         pairs_per_condition: int = Field(2, ge=1, description="N; the paper uses 2")
 
-    def pairs(self, prompts: Sequence[str] | None, seed: int) -> list[PromptPair]:
+    def pairs(self, prompts: Sequence[str] | None, seed: int) -> Iterator[PromptPair]:
+        """A stream: `pairs preview` reads only the rows it shows, however many the recipe asks for."""
         import numpy as np
 
         cfg = self.config
         layout = ToyLayout(num_conditions=cfg.num_conditions)
         rng = np.random.default_rng(seed)
-        rows = []
         for condition in range(cfg.num_conditions):
             for _ in range(cfg.pairs_per_condition):
                 negative = layout.neighbours(condition)[int(rng.integers(2))]
-                rows.append(PromptPair(prompt=str(condition), degraded=str(negative),
-                                       seed=int(rng.integers(2**31))))
-        return rows
+                yield PromptPair(prompt=str(condition), degraded=str(negative), seed=int(rng.integers(2**31)))
