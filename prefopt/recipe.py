@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import reprlib
 import types
@@ -158,6 +159,15 @@ class PromptsConfig(Strict):
     shuffle_seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="shuffle with this seed, in [0, 2^32)")
 
 
+def _expand_home(path: str) -> str:
+    """``~/runs/x`` is the home directory's, as a shell would have it and as the files a recipe reads are.
+
+    Taken literally, it made a directory named ``~`` in the working directory, and the obvious
+    clean-up of that, ``rm -r ~``, deletes the home directory.
+    """
+    return os.path.expanduser(path)
+
+
 class PairsConfig(Strict):
     source: Component
     prompts: PromptsConfig | None = None
@@ -168,6 +178,11 @@ class PairsConfig(Strict):
     latent_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="dtype the x0 data is stored in (auto: float16 for latent backbones, else float32)"
     )
+
+    @field_validator("dir")
+    @classmethod
+    def _home_expanded(cls, value: str | None) -> str | None:
+        return None if value is None else _expand_home(value)
 
 
 class PretrainConfig(Strict):
@@ -233,6 +248,11 @@ class Recipe(Strict):
     train: TrainConfig = TrainConfig()
     eval: list[Component] = Field(default_factory=list)
     compare: CompareConfig | None = None
+
+    @field_validator("output_dir")
+    @classmethod
+    def _home_expanded(cls, value: str) -> str:
+        return _expand_home(value)
 
     @model_validator(mode="after")
     def _figure_names_an_evaluator(self):

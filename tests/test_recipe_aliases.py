@@ -1,4 +1,4 @@
-"""YAML aliases in recipes and overrides are copies, and a recipe file has a size bound."""
+"""Loading a recipe: YAML aliases are copies, a recipe file has a size bound, `~` is the home directory."""
 
 from __future__ import annotations
 
@@ -41,3 +41,13 @@ def test_a_recipe_file_over_the_size_bound_is_refused_before_parsing(tmp_path):
     path.write_text("seed: 0\n" + "# padding\n" * (MAX_RECIPE_BYTES // 10 + 1))
     with pytest.raises(RecipeError, match=r"huge.yaml is over 1 MiB: not a recipe"):
         load_yaml(path)
+
+
+def test_a_home_relative_output_dir_and_pairs_dir_are_the_home_directorys(tmp_path, monkeypatch):
+    """Taken literally, `~/probe` made a directory named `~` in the working directory (and `rm -r ~` ...)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    recipe = load_recipe(tmp_path / "recipe.yaml", PluginRegistry(),
+                         ["output_dir=~/runs/probe", "pairs.dir=~/pairs"]).recipe
+    assert recipe.output_dir == str(tmp_path / "home" / "runs" / "probe")
+    assert recipe.pairs.dir == str(tmp_path / "home" / "pairs")
