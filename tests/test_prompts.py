@@ -202,3 +202,11 @@ def test_text_file_keeps_a_prompt_with_a_unicode_line_separator_whole(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("a red cat\u2028sitting\r\ntwo dogs in the snow\n", encoding="utf-8", newline="")
     assert load(path) == ["a red cat sitting", "two dogs in the snow"]  # one prompt, its separator a space
+
+
+def test_a_lone_surrogate_escape_in_a_jsonl_prompt_is_one_error_naming_its_line(tmp_path):
+    # JSON can escape half a UTF-16 pair; the tokenizer then failed with a TypeError at pair building.
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a red cat \\ud83d\\ude00"}\n{"prompt": "a photo of a 7 \\ud800"}\n')
+    with pytest.raises(DataError, match=r"p.jsonl:2: holds a lone surrogate escape"):
+        load(path)
