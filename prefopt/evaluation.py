@@ -212,8 +212,18 @@ def student_key(run_dir: Path) -> str:
     return "student-" + fingerprint(weights_fingerprint(final) if final.exists() else str(run_dir))
 
 
+def pixels_digest(image) -> str:
+    """sha256 of an RGB image's pixels: PIL does not check a PNG's CRCs when it decodes, so a flipped
+    byte in the image data can still decode, to wrong pixels."""
+    return hashlib.sha256(image.tobytes()).hexdigest()
+
+
 class ImageCache:
-    """PNGs under ``root/<model key>/``, named by their sampling settings, prompt and seed."""
+    """PNGs under ``root/<model key>/``, named by their sampling settings, prompt and seed.
+
+    Each carries its prompt, seed and pixels' digest in text chunks; an image whose
+    text or pixels do not match is drawn again, never scored.
+    """
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -232,8 +242,11 @@ class ImageCache:
                 image.load()
                 if image.text.get("prompt") != row.prompt or image.text.get("seed") != str(row.seed):
                     return None
-                return image.convert("RGB")
-        except OSError:  # a damaged file is drawn again, never used
+                rgb = image.convert("RGB")
+                if image.text.get("pixels") != pixels_digest(rgb):
+                    return None
+                return rgb
+        except (OSError, SyntaxError, ValueError):  # a damaged file (PIL raises all three) is drawn again
             return None
 
     def put(self, model: str, sampling: dict, row: EvalRow, image) -> None:
@@ -245,6 +258,8 @@ class ImageCache:
         info.add_text("prompt", row.prompt)
         info.add_text("seed", str(row.seed))
         info.add_text("sampling", json.dumps(sampling, sort_keys=True))
+        image = image.convert("RGB")
+        info.add_text("pixels", pixels_digest(image))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=info)
         write_atomic(path, buffer.getvalue())
