@@ -10,26 +10,44 @@ table.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from prefopt.atomic import write_atomic
+from prefopt.data.jsonl import jsonl_objects
+from prefopt.errors import DataError
 from prefopt.figures import save_figure
 from prefopt.evaluation import ImageEvaluator, bootstrap_interval, group_means, grouped_mean
 from prefopt.interfaces import Evaluator
 
 
 def read_results(path: Path) -> list[dict]:
-    """The records of a ``<prefix>_results.jsonl`` (none if absent), with their image paths made whole."""
+    """The records of a ``<prefix>_results.jsonl`` (none if absent), with their image paths made whole.
+
+    Written by this same command, but read back as any file: a damaged record is one line naming
+    it, and an image path that leads out of the run directory is not drawn from.
+    """
     path = Path(path)
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for record in records:
-        if "image" in record:
-            record["image"] = str(path.parent / record["image"])
+    records = []
+    for where, record in jsonl_objects(path):
+        scores = record.get("scores")
+        if not (isinstance(record.get("model"), str) and isinstance(record.get("prompt"), str)
+                and isinstance(record.get("group", ""), str)
+                and isinstance(scores, dict) and all(_is_number(v) for v in scores.values())):
+            raise DataError(f"{where} is damaged (a record needs a model, a prompt, numeric scores and a text group); "
+                            "run the comparison again with --overwrite")
+        image = record.get("image")
+        if image is not None:
+            whole = (path.parent / str(image)).resolve()
+            record["image"] = str(whole) if whole.is_relative_to(path.parent.resolve()) else None
+        records.append(record)
     return records
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _pooled(records: list[dict], model: str, metric: str) -> tuple[list[float], list[str | None]]:
@@ -103,8 +121,6 @@ def _group_table(prefix: str, metric: str, methods) -> list[str]:
 
 def _sample_grid(methods) -> tuple[dict[str, list], list[str]]:
     """The first image of each prompt (first seed of the run) for each method, from the results' image paths."""
-    from PIL import Image
-
     grid: dict[str, list] = {}
     titles: list[str] = []
     for label, found, model in methods:
@@ -113,11 +129,25 @@ def _sample_grid(methods) -> tuple[dict[str, list], list[str]]:
             if record["model"] == model:
                 first.setdefault(record["prompt"], record)
         chosen = list(first.values())[:8]
-        if not all(Path(r["image"]).is_file() for r in chosen):
-            continue  # a run whose images were deleted is left out of the grid
+        images = [_open_image(r.get("image")) for r in chosen]
+        if not chosen or any(image is None for image in images):
+            continue  # a run whose images were deleted or damaged is left out of the grid
         titles = titles or [r["prompt"] for r in chosen]
-        grid[label] = [Image.open(r["image"]).convert("RGB") for r in chosen]
+        grid[label] = images
     return grid, titles
+
+
+def _open_image(path: str | None):
+    """The RGB image at ``path``; None if there is none or it does not decode."""
+    from PIL import Image
+
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError):  # what PIL raises for a damaged or foreign file
+        return None
 
 
 def _bar_chart(panels: dict[str, dict[str, tuple[float, float, float]]], path: Path) -> Path:
