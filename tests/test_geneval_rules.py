@@ -193,6 +193,16 @@ def test_real_metadata_file_parses():
     (json.dumps(row("colors", [{"class": "car", "count": 1, "color": "teal"}])), "colour 'teal'"),
     (json.dumps(row("position", [{"class": "car", "count": 1, "position": ["near", 0]}])), "position must be"),
     (json.dumps(row("counting", [{"class": "car", "count": 0}])), "'count' >= 1"),
+    # Each of these failed only at scoring, after training, or was taken for something else.
+    (json.dumps(row("counting", [{"class": "car", "count": 2}], exclude=5)), "'exclude' must be a list"),
+    (json.dumps({**row("counting", [{"class": "car", "count": 2}]), "exclude": None}), "'exclude' must be a list"),
+    (json.dumps(row("counting", [{"class": "car", "count": 2}], exclude=["car"])), "every exclude clause needs"),
+    (json.dumps(row("counting", [{"class": "car", "count": True}])), "whole-number 'count'"),
+    (json.dumps(row("counting", [{"class": "car", "count": 2.0}])), "whole-number 'count'"),
+    (json.dumps(row("single_object", ["car"])), "every include clause needs"),
+    (json.dumps(row("Counting", [{"class": "car", "count": 2}])), "tag 'Counting' is not one of single_object"),
+    (json.dumps(row("position", [{"class": "car", "count": 1},
+                                 {"class": "dog", "count": 1, "position": ["left of", False]}])), "position must be"),
 ])
 def test_bad_metadata_names_the_line(tmp_path, bad, message):
     path = tmp_path / "meta.jsonl"

@@ -36,3 +36,51 @@ def test_other_formats_go_through_the_prompt_reader(tmp_path):
     path = tmp_path / "eval.txt"
     path.write_text("a red car\n\na dog\n")
     assert load_prompt_set(PromptsConfig(path=str(path))) == ["a red car", "a dog"]
+
+
+# ------------------------------------------------------------------ hostile files: one line naming the file
+
+def test_a_file_that_is_not_utf8_is_one_error(tmp_path):
+    for name in ("latin1.tsv", "latin1.json"):
+        path = tmp_path / name
+        path.write_bytes("Prompt\n\"caf\xe9\"\n".encode("latin-1") if name.endswith(".tsv")
+                         else '["caf\xe9"]'.encode("latin-1"))
+        with pytest.raises(DataError, match=f"{path} is not UTF-8 text .*iconv"):
+            load_prompt_set(PromptsConfig(path=str(path), column="Prompt"))
+
+
+def test_a_quote_left_open_in_a_tsv_names_the_line(tmp_path):
+    path = tmp_path / "PartiPrompts.tsv"
+    path.write_text('Prompt\tCategory\na red car\tVehicles\n"a dog\tAnimals\na cat\tAnimals\na cow\tAnimals\n')
+    with pytest.raises(DataError, match=f"{path}:3: not valid TSV .*quoting"):
+        load_prompt_set(PromptsConfig(path=str(path), column="Prompt"))
+
+
+def test_a_tsv_field_over_the_csv_limit_is_one_error(tmp_path):
+    path = tmp_path / "PartiPrompts.tsv"
+    path.write_text("Prompt\tCategory\na red car\tVehicles\n" + "word " * 30_000 + "\tLong\n")
+    with pytest.raises(DataError, match=f"{path}:3: not valid TSV .*field larger than field limit"):
+        load_prompt_set(PromptsConfig(path=str(path), column="Prompt"))
+
+
+def test_values_of_a_json_list_that_are_not_text_are_counted_in_a_warning(tmp_path, caplog):
+    path = tmp_path / "anime.json"
+    path.write_text(json.dumps(["a cat in a hat", 7, ["a dog"], None, "a dog"]))
+    with caplog.at_level("WARNING", logger="prefopt_evaluators.prompt_sets"):
+        assert load_prompt_set(PromptsConfig(path=str(path))) == ["a cat in a hat", "a dog"]
+    assert f"{path}: 2 of 5 values are not text (e.g. int) and were left out" in caplog.text
+    coco = tmp_path / "captions.json"
+    coco.write_text(json.dumps({"annotations": [{"caption": "Two dogs."}, {"caption": 3}]}))
+    with caplog.at_level("WARNING", logger="prefopt_evaluators.prompt_sets"):
+        assert load_prompt_set(PromptsConfig(path=str(coco))) == ["Two dogs."]
+    assert f"{coco}: 1 of 2 values are not text" in caplog.text
+    coco.write_text(json.dumps({"annotations": [{"caption": "Two dogs."}, "A cat."]}))
+    with pytest.raises(DataError, match=r"annotations\[1\] is not an object"):
+        load_prompt_set(PromptsConfig(path=str(coco)))
+
+
+def test_json_nested_past_the_stack_is_one_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match=f"{path}: not usable JSON"):
+        load_prompt_set(PromptsConfig(path=str(path)))

@@ -187,7 +187,7 @@ def test_csv_with_a_quote_left_open_is_one_error_naming_the_file(tmp_path):
     # Unchecked, the open quote swallows every later row into one "prompt".
     path = tmp_path / "p.csv"
     path.write_text('id,prompt\n0,"a red cat\n1,two dogs in the snow\n2,a lighthouse at dusk\n')
-    with pytest.raises(DataError, match=r"p.csv:\d+: not valid CSV \(unexpected end of data\)") as info:
+    with pytest.raises(DataError, match=r"p.csv:2: not valid CSV \(unexpected end of data\)") as info:
         load(path)
     assert "\n" not in str(info.value)
 

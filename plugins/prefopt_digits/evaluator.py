@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from pydantic import Field
 
-from prefopt.api import RECIPE_PATH
+from prefopt.api import RECIPE_PATH, DataError
 from prefopt.interfaces import PluginConfig
 from prefopt_evaluators.geneval import GenEval
 
@@ -30,6 +30,22 @@ class DigitDetector:
 
     def classify_colours(self, image, detections, label) -> list[str]:
         return [d.color for d in detections]  # the detector names every colour itself
+
+
+def check_digit_rows(rows: Sequence[dict[str, Any]], source: str) -> None:
+    """Every class and colour the rows name must be one the digit detector can report:
+    the rules would fail any other without a word, after training."""
+    from prefopt_digits.world import CLASSES, COLOURS
+
+    clauses = [c for row in rows for c in [*row["include"], *row.get("exclude", [])]]
+    unknown = sorted({c["class"] for c in clauses} - set(CLASSES))
+    if unknown:
+        raise DataError(f"{source}: the digit detector has no class {unknown[0]!r}; "
+                        f"the classes are the digits {', '.join(CLASSES)}")
+    colours = sorted({c["color"] for c in clauses if "color" in c} - set(COLOURS))
+    if colours:
+        raise DataError(f"{source}: the digit world has no colour {colours[0]!r}; "
+                        f"its colours are {', '.join(COLOURS)}")
 
 
 class DigitsGenEval(GenEval):
@@ -57,6 +73,11 @@ class DigitsGenEval(GenEval):
 
     def local_files(self) -> list[str]:
         return [self.config.metadata]
+
+    def metadata(self) -> list[dict[str, Any]]:
+        rows = super().metadata()
+        check_digit_rows(rows, self.config.metadata)
+        return rows
 
     def load_scorer(self, device) -> DigitDetector:
         return DigitDetector()

@@ -17,11 +17,15 @@ numbers by design.) Both need torchvision.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
+import numpy as np
 from pydantic import Field, model_validator
 
-from prefopt.api import RECIPE_PATH
+from prefopt.api import RECIPE_PATH, DataError
 from prefopt.evaluation import EvalRow, Scores
 from prefopt_evaluators.prompt_sets import PromptSetConfig, PromptSetEvaluator
 
@@ -65,6 +69,12 @@ class Fid(PromptSetEvaluator):
             files.append(cfg.inception_weights)
         return files
 
+    def check(self) -> None:
+        super().check()
+        for space in self.config.features:
+            if space in self.config.reference_statistics:
+                read_statistics(self.config.reference_statistics[space], space)
+
     def load_scorer(self, device) -> Any:
         from prefopt_evaluators import fid_features as ff
 
@@ -77,7 +87,7 @@ class Fid(PromptSetEvaluator):
         reference = {}
         for space, path in cfg.reference_statistics.items():
             if space in extractors:
-                reference[space] = ff.read_statistics(path)
+                reference[space] = read_statistics(path, space)
         pending = [space for space in extractors if space not in reference]
         if pending:
             paths = ff.read_folder(cfg.reference_images)
@@ -108,6 +118,42 @@ class Fid(PromptSetEvaluator):
                 totals["is"], totals["is_std"] = ff.inception_score(_stack([p[1] for p in parts]),
                                                                     self.config.is_splits)
         return Scores(totals=totals)
+
+
+INCEPTION_DIM = 2048  # torch-fidelity's pool features, as pytorch-fid and clean-fid write their statistics
+
+
+def read_statistics(path: str | Path, space: str) -> tuple[np.ndarray, np.ndarray]:
+    """Precomputed ``mu`` and ``sigma`` (a .npz as pytorch-fid and clean-fid write them), checked whole:
+    a damaged file would otherwise fail, or give a NaN FID, only after training."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"FID reference statistics not found: {path}")
+    fix = "expected a .npz with float arrays mu (d,) and sigma (d, d), as pytorch-fid and clean-fid write"
+    try:
+        # No pickles: a statistics file is data, and unpickling runs whatever code the file holds.
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):  # a .npy: one array, no names
+            arrays = {}
+        else:
+            with data:
+                arrays = {name: data[name] for name in ("mu", "sigma") if name in data}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # truncated, not numpy, pickled
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise DataError(f"{path} is not readable FID statistics ({reason}); {fix}") from None
+    if set(arrays) != {"mu", "sigma"}:
+        raise DataError(f"{path} holds no 'mu' and 'sigma' arrays; {fix}")
+    mu, sigma = arrays["mu"], arrays["sigma"]
+    if not (np.issubdtype(mu.dtype, np.floating) and np.issubdtype(sigma.dtype, np.floating)):
+        raise DataError(f"{path}: mu is {mu.dtype} and sigma {sigma.dtype}; {fix}")
+    if not (mu.ndim == 1 and mu.size and sigma.shape == (mu.size, mu.size)):
+        raise DataError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}; {fix}")
+    if space == "inception" and mu.size != INCEPTION_DIM:
+        raise DataError(f"{path}: statistics of dimension {mu.size}, but Inception features have {INCEPTION_DIM}; "
+                        "give statistics of Inception's pool features")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise DataError(f"{path}: mu or sigma holds NaN or infinite values; recompute the statistics")
+    return mu, sigma
 
 
 def _stack(chunks):

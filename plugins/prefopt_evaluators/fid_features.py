@@ -63,17 +63,6 @@ def read_folder(path: str | Path) -> list[Path]:
     return files
 
 
-def read_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Precomputed ``mu`` and ``sigma`` (a .npz as pytorch-fid and clean-fid write them)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"FID reference statistics not found: {path}")
-    with np.load(path) as data:
-        if "mu" not in data or "sigma" not in data:
-            raise DataError(f"{path} holds no 'mu' and 'sigma' arrays")
-        return data["mu"], data["sigma"]
-
-
 class InceptionFeatures:
     """torch-fidelity's Inception-v3: 2048-d pool features and logits, from uint8 images of any size."""
 

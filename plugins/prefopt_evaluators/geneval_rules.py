@@ -174,6 +174,11 @@ def tag_scores(tags: Sequence[str], correct: Sequence[bool]) -> dict[str, float]
     return scores
 
 
+def _whole(value: Any) -> bool:
+    """An int that is not a bool (JSON ``true`` would otherwise count as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_row(row: Any, where: str) -> dict[str, Any]:
     """A metadata row with the fields and values the rules read, or a DataError naming the line."""
     if not isinstance(row, dict):
@@ -181,17 +186,21 @@ def check_row(row: Any, where: str) -> dict[str, Any]:
     for key, kind in (("tag", str), ("prompt", str), ("include", list)):
         if not isinstance(row.get(key), kind):
             raise DataError(f"{where}: {key!r} must be a {kind.__name__}")
+    if row["tag"] not in TAGS:  # the tag picks the confidence threshold, and a misspelt one would not fail
+        raise DataError(f"{where}: tag {row['tag']!r} is not one of {', '.join(TAGS)}")
+    if not isinstance(row.get("exclude", []), list):
+        raise DataError(f"{where}: 'exclude' must be a list of {{class, count}} clauses, or left out")
     clauses = [("include", c) for c in row["include"]] + [("exclude", c) for c in row.get("exclude", [])]
     for index, (part, clause) in enumerate(clauses):
         if not (isinstance(clause, dict) and isinstance(clause.get("class"), str)
-                and isinstance(clause.get("count"), int) and clause["count"] >= 1):
-            raise DataError(f"{where}: every {part} clause needs a 'class' and a 'count' >= 1")
+                and _whole(clause.get("count")) and clause["count"] >= 1):
+            raise DataError(f"{where}: every {part} clause needs a 'class' and a whole-number 'count' >= 1")
         if "color" in clause and clause["color"] not in COLOURS:
             raise DataError(f"{where}: colour {clause['color']!r} is not one of {', '.join(COLOURS)}")
         if "position" in clause:
             position = clause["position"]
             if not (isinstance(position, list) and len(position) == 2 and position[0] in RELATIONS
-                    and isinstance(position[1], int) and 0 <= position[1] < index):
+                    and _whole(position[1]) and 0 <= position[1] < index):
                 raise DataError(f"{where}: position must be [relation, index of an earlier include clause] "
                                 f"with a relation among {', '.join(RELATIONS)}")
     return row

@@ -15,7 +15,6 @@ The selection settings (``dedupe``, ``min_words``, ``max_count``,
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -27,31 +26,29 @@ from prefopt.evaluation import EvalRow, ImageEvaluator, seeded_rows
 from prefopt.interfaces import PluginConfig
 from prefopt.recipe import PromptsConfig
 
-
-def _tsv(path: Path, column: str) -> list[Any]:
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        if column not in (reader.fieldnames or []):
-            raise DataError(f"{path} has no column {column!r} (available: {', '.join(reader.fieldnames or [])}); "
-                            "set prompts_file.column (PartiPrompts: Prompt)")
-        return [row[column] for row in reader]
-
-
 def _json(path: Path) -> list[Any]:
+    text = path.read_text(encoding="utf-8-sig")
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # a number of over 4300 digits, nesting deeper than Python's stack
+        raise DataError(f"{path}: not usable JSON ({' '.join(str(exc).split())[:200]})") from None
     if isinstance(data, list):
         return data
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        return [a.get("caption") for a in data["annotations"] if isinstance(a, dict)]
+        annotations = data["annotations"]
+        odd = next((i for i, a in enumerate(annotations) if not isinstance(a, dict)), None)
+        if odd is not None:
+            raise DataError(f"{path}: annotations[{odd}] is not an object; expected COCO captions "
+                            "(annotations[*].caption)")
+        return [a.get("caption") for a in annotations]
     raise DataError(f"{path}: expected a JSON list of prompts or COCO captions (annotations[*].caption)")
 
 
 def load_prompt_set(config: PromptsConfig) -> list[str]:
     """The prompts of a benchmark file, cleaned and selected like any prompt file."""
-    from prefopt.data.prompts import _clean, load_prompts, select_prompts
+    from prefopt.data.prompts import clean_prompts, load_prompts, read_delimited, reading_errors, select_prompts
 
     path = Path(config.path).expanduser()
     suffix = path.suffix.lower()
@@ -59,8 +56,12 @@ def load_prompt_set(config: PromptsConfig) -> list[str]:
         return load_prompts(config)
     if not path.is_file():
         raise DataError(f"prompt file not found: {path}")
-    values = _tsv(path, config.column) if suffix == ".tsv" else _json(path)
-    return select_prompts(_clean(values), config, str(path))
+    with reading_errors(path):
+        if suffix == ".tsv":
+            values = read_delimited(path, config.column, "\t", "prompts_file.column (PartiPrompts: Prompt)")
+        else:
+            values = _json(path)
+    return select_prompts(clean_prompts(values, str(path)), config, str(path))
 
 
 class PromptChoice(PluginConfig):

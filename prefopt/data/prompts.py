@@ -15,8 +15,9 @@ import csv
 import logging
 import random
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from prefopt.data.jsonl import jsonl_objects
 from prefopt.data.saved_datasets import is_saved_dataset, load_saved_split
@@ -31,10 +32,10 @@ FILE_SUFFIXES = {".txt", ".jsonl", ".json", ".csv", ".parquet"}
 FORMATS = "a text file, .jsonl, .csv, .parquet, a datasets directory or a hub id"
 
 
-def _missing_column(where: object, column: str, available: Iterable[str]) -> DataError:
+def _missing_column(where: object, column: str, available: Iterable[str],
+                    setting: str = "pairs.prompts.column") -> DataError:
     return DataError(
-        f"{where} has no column {column!r} (available: {', '.join(available) or 'none'}); "
-        "set pairs.prompts.column"
+        f"{where} has no column {column!r} (available: {', '.join(available) or 'none'}); set {setting}"
     )
 
 
@@ -47,6 +48,36 @@ def _read_text(path: Path, column: str) -> list[Any]:
     return [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
 
 
+def read_delimited(path: Path, column: str, delimiter: str = ",", setting: str = "pairs.prompts.column") -> list[Any]:
+    """The cells of ``column`` in a CSV (or, with a tab delimiter, TSV) file with a header row.
+
+    ``strict``: a quote left open would otherwise swallow the rest of the file into one
+    prompt without a word. A malformed row is one error naming the line it starts on.
+    A short row's missing cell is None, as a null is.
+    """
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        rows = csv.reader(handle, delimiter=delimiter, strict=True)
+        start = 1
+        try:
+            header = next(rows, [])
+            if column not in header:
+                raise _missing_column(path, column, header, setting)
+            index, values = header.index(column), []
+            start = rows.line_num + 1
+            for row in rows:
+                if row:  # a blank line
+                    values.append(row[index] if index < len(row) else None)
+                start = rows.line_num + 1
+            return values
+        except csv.Error as exc:
+            raise DataError(f"{path}:{start}: not valid {kind} ({exc}); check the quoting of that row") from None
+
+
+def _read_csv(path: Path, column: str) -> list[Any]:
+    return read_delimited(path, column)
+
+
 def _read_jsonl(path: Path, column: str) -> list[Any]:
     values = []
     for where, record in jsonl_objects(path):
@@ -54,20 +85,6 @@ def _read_jsonl(path: Path, column: str) -> list[Any]:
             raise _missing_column(where, column, record)
         values.append(record[column])
     return values
-
-
-def _read_csv(path: Path, column: str) -> list[Any]:
-    """The column's cells. ``strict``: a quote left open would otherwise swallow the rest of
-    the file into one prompt without a word; a malformed file is one error naming its line."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, strict=True)
-        try:
-            if column not in (reader.fieldnames or []):
-                raise _missing_column(path, column, reader.fieldnames or [])
-            return [row[column] for row in reader]
-        except csv.Error as exc:
-            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({exc}); "
-                            "check the quoting of that row") from None
 
 
 def _read_parquet(path: Path, column: str) -> list[Any]:
@@ -114,6 +131,18 @@ def _read_with_load_dataset(source: str, config: PromptsConfig) -> list[Any]:
     return _dataset_column(dataset, config.column, source)
 
 
+@contextmanager
+def reading_errors(path: Path) -> Iterator[None]:
+    """A prompt file in another encoding, or one that cannot be read: one line naming it."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise DataError(f"prompt file {path} is not UTF-8 text (byte {exc.start}); "
+                        "convert it, e.g. with iconv -t UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"cannot read prompt file {describe_os_error(exc, path)}") from None
+
+
 def _read_values(config: PromptsConfig, base_dir: Path | None) -> tuple[list[Any], str]:
     """The raw column values and a name for the source to use in messages."""
     path = Path(config.path).expanduser()
@@ -127,13 +156,8 @@ def _read_values(config: PromptsConfig, base_dir: Path | None) -> tuple[list[Any
         reader = READERS.get(path.suffix.lower())
         if reader is None:
             raise DataError(f"unsupported prompt file {path}: use {FORMATS}")
-        try:
+        with reading_errors(path):
             return reader(path, config.column), str(path)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"prompt file {path} is not UTF-8 text (byte {exc.start}); "
-                            "convert it, e.g. with iconv -t UTF-8") from None
-        except OSError as exc:
-            raise DataError(f"cannot read prompt file {describe_os_error(exc, path)}") from None
     if path.suffix.lower() not in FILE_SUFFIXES and HUB_ID.match(config.path):
         return _read_with_load_dataset(config.path, config), config.path
     raise DataError(f"prompt file not found: {path}")
@@ -142,8 +166,17 @@ def _read_values(config: PromptsConfig, base_dir: Path | None) -> tuple[list[Any
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _clean(values: Iterable[Any]) -> list[str]:
-    """Strings with control characters and whitespace collapsed; empty and non-string cells (nulls) dropped."""
+def clean_prompts(values: Sequence[Any], source: str, column: str | None = None) -> list[str]:
+    """Strings with control characters and whitespace collapsed; empty and non-string cells dropped.
+
+    Nulls are a dataset's missing cells (DiffusionDB has some) and go quietly; numbers or
+    lists mean a wrong column or file, so they are counted in a warning.
+    """
+    odd = [value for value in values if value is not None and not isinstance(value, str)]
+    if odd:
+        where = f" in column {column!r}" if column else ""
+        log.warning("%s: %d of %d values%s are not text (e.g. %s) and were left out",
+                    source, len(odd), len(values), where, type(odd[0]).__name__)
     return [text for value in values
             if isinstance(value, str) and (text := " ".join(_CONTROL.sub(" ", value).split()))]
 
@@ -171,10 +204,4 @@ def load_prompts(config: PromptsConfig, base_dir: Path | None = None) -> list[st
     missing column (listing the available ones) or an empty result.
     """
     values, source = _read_values(config, base_dir)
-    prompts = _clean(values)
-    odd = sum(1 for value in values if value is not None and not isinstance(value, str))
-    if odd:  # nulls are a dataset's missing cells (DiffusionDB has some); numbers or lists are a wrong column
-        log.warning("%s: %d of %d values in column %r are not text (e.g. %s) and were left out",
-                    source, odd, len(values), config.column,
-                    type(next(v for v in values if v is not None and not isinstance(v, str))).__name__)
-    return select_prompts(prompts, config, source)
+    return select_prompts(clean_prompts(values, source, config.column), config, source)
