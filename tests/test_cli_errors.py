@@ -415,15 +415,15 @@ def test_a_recipe_that_is_not_utf8_is_one_line(tmp_path, monkeypatch):
 
 
 def test_an_unreadable_recipe_is_one_line(tmp_path, monkeypatch):
-    path = write_recipe(tmp_path)
-    real = Path.read_bytes
+    path = write_recipe(tmp_path)  # root reads any file whatever its mode: the refusal is simulated
+    real = Path.open
 
-    def denied(self):
+    def denied(self, *args, **kwargs):
         if self == path:
             raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(Path, "open", denied)
     code, _, err = cli(monkeypatch, "validate", str(path))
     assert_one_error_line(code, err, str(path), "Permission denied")
 
