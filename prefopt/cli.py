@@ -272,15 +272,14 @@ def main() -> None:
         _error("the working directory no longer exists; cd to an existing directory")
         sys.exit(2)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except PrefoptError as exc:
         if _state["debug"]:
             raise
         _error(str(exc))
         sys.exit(getattr(exc, "exit_code", 2))  # RunStopped (a signal, checkpoint saved): 143
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        code = 130
     except OSError as exc:
         # Any file prefopt could not read or write (permissions, a full disk, an I/O error)
         # that no closer handler named: the file and the reason, in one line.
@@ -296,6 +295,7 @@ def main() -> None:
             _error(f"{exc.format_message()} (see prefopt --help)")
             sys.exit(getattr(exc, "exit_code", 2))
         if "Abort" in kinds:
+            typer.echo("interrupted", err=True)
             sys.exit(130)
         if _out_of_memory(exc, kinds) and not _state["debug"]:
             # A model, batch or setting larger than the machine: what ran out, and what to lower.
@@ -311,6 +311,13 @@ def main() -> None:
                    "or --debug for the trace)")
             sys.exit(2)
         raise
+    # Without standalone mode, click hands back what it would have exited with instead of exiting:
+    # Ctrl-C inside a command arrives here as 130, not as KeyboardInterrupt, and exited 0 unseen.
+    if code == 130:
+        typer.echo("interrupted", err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import ENV, cli, one_error
+from helpers import ENV, cli, cli_outputs, one_error
 
 
 @pytest.mark.parametrize("made_with", [
@@ -40,3 +40,31 @@ def test_a_deleted_working_directory_is_one_line(tmp_path):
         one_error(proc.returncode, proc.stderr,
                   "the working directory no longer exists; cd to an existing directory")
         assert proc.stdout == ""
+
+
+def test_ctrl_c_inside_a_command_says_interrupted_and_exits_130(monkeypatch):
+    """click, run without standalone mode, hands a KeyboardInterrupt back as the code 130: it exited 0, silently."""
+    import prefopt.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prefopt.cli, "_registry", interrupted)
+    code, _, err = cli_outputs("plugins")
+    assert (code, err.strip()) == (130, "interrupted")
+
+
+def test_a_real_sigint_to_a_running_command_exits_130(tmp_path):
+    import signal
+    import time
+
+    script = ("import time, prefopt.cli\n"
+              "def slow():\n    print('started', flush=True)\n    time.sleep(60)\n"
+              "prefopt.cli._registry = slow\nimport sys\nsys.argv = ['prefopt', 'plugins']\nprefopt.cli.main()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err.strip().splitlines()[-1]) == (130, "interrupted")
