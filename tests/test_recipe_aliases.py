@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from test_cli_errors import BASE
 
 from prefopt.errors import RecipeError
 from prefopt.recipe import MAX_RECIPE_BYTES, load_recipe, load_yaml, parse_override
 from prefopt.registry import PluginRegistry
 
-RECIPE = {
-    "seed": 0,
-    "output_dir": "runs/aliases",
-    "backbone": {"name": "toy2d", "hidden": 32, "layers": 2},
-    "pairs": {"source": {"name": "toy2d_neighbours"}},
-    "objective": {"name": "ddspo", "beta": 2000},
-    "eval": [{"name": "toy2d_modes"}],
-}
-
-
 def test_an_override_changes_only_the_section_it_names_when_another_aliases_it(tmp_path):
     # `train: *common` shares one dict with pretrain.train in the parsed YAML; the override must not reach both.
-    body = yaml.safe_dump(RECIPE)
+    body = yaml.safe_dump({key: value for key, value in BASE.items() if key != "train"})
     text = ("pretrain:\n  pairs: {source: {name: toy2d_points}}\n  train: &common {max_steps: 5, batch_size: 8}\n"
             + body + "train: *common\n")
     (tmp_path / "recipe.yaml").write_text(text)
@@ -46,7 +37,7 @@ def test_a_recipe_file_over_the_size_bound_is_refused_before_parsing(tmp_path):
 def test_a_home_relative_output_dir_and_pairs_dir_are_the_home_directorys(tmp_path, monkeypatch):
     """Taken literally, `~/probe` made a directory named `~` in the working directory (and `rm -r ~` ...)."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(BASE))
     recipe = load_recipe(tmp_path / "recipe.yaml", PluginRegistry(),
                          ["output_dir=~/runs/probe", "pairs.dir=~/pairs"]).recipe
     assert recipe.output_dir == str(tmp_path / "home" / "runs" / "probe")
