@@ -20,7 +20,8 @@ GENEVAL_METADATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
 
 def shipped(name: str) -> list[dict]:
-    return prompts.read_jsonl(PROMPT_SETS / name)
+    with open(PROMPT_SETS / name, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 # ---------------------------------------------------------------- world and prompt sets

@@ -192,11 +192,6 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
