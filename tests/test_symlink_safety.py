@@ -269,16 +269,6 @@ def test_bench_rows_do_not_belong_to_a_run(tmp_path):
     assert {name: (run / name).read_text() for name in rows} == rows
 
 
-def test_pairs_build_refuses_a_symlinked_pairs_dir(tmp_path):
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "pairs").symlink_to(elsewhere)
-    one_error(*cli("pairs", "build", write_toy_recipe(tmp_path, **FAST)), str(run / "pairs"), "symbolic link")
-    assert list(elsewhere.iterdir()) == []
-
-
 @pytest.mark.parametrize("planted", ["seed-0", "seed-0/pairs"])
 def test_compare_refuses_a_link_where_a_seed_shares_its_reference_and_pairs(tmp_path, planted):
     elsewhere = tmp_path / "elsewhere"
@@ -333,13 +323,18 @@ def test_a_users_pairs_dir_holding_other_files_is_refused_and_left_as_it_was(tmp
     assert tree_digest(pairs) == before
 
 
-def test_a_link_inside_a_users_pairs_dir_is_refused_and_nothing_written_through_it(tmp_path):
+@pytest.mark.parametrize("where", ["the run's pairs/", "inside a user's pairs.dir"])
+def test_pairs_build_never_writes_through_a_link_where_the_pairs_go(tmp_path, where):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    pairs = tmp_path / "pairs"
-    pairs.mkdir()
-    (pairs / "shards").symlink_to(elsewhere)
-    one_error(*cli("pairs", "build", _pairs_dir_recipe(tmp_path, pairs)), str(pairs / "shards"), "symbolic link")
+    if where == "the run's pairs/":
+        (tmp_path / "run").mkdir()
+        link, recipe = tmp_path / "run" / "pairs", write_toy_recipe(tmp_path, **FAST)
+    else:
+        (tmp_path / "pairs").mkdir()
+        link, recipe = tmp_path / "pairs" / "shards", _pairs_dir_recipe(tmp_path, tmp_path / "pairs")
+    link.symlink_to(elsewhere)
+    one_error(*cli("pairs", "build", recipe), str(link), "symbolic link")
     assert list(elsewhere.iterdir()) == []
 
 

@@ -74,10 +74,6 @@ def read_delimited(path: Path, column: str, delimiter: str = ",", setting: str =
             raise DataError(f"{path}:{start}: not valid {kind} ({exc}); check the quoting of that row") from None
 
 
-def _read_csv(path: Path, column: str) -> list[Any]:
-    return read_delimited(path, column)
-
-
 def _read_jsonl(path: Path, column: str) -> list[Any]:
     values = []
     for where, record in jsonl_objects(path):
@@ -105,7 +101,7 @@ READERS: dict[str, Callable[[Path, str], list[Any]]] = {
     "": _read_text,
     ".txt": _read_text,
     ".jsonl": _read_jsonl,
-    ".csv": _read_csv,
+    ".csv": read_delimited,
     ".parquet": _read_parquet,
 }
 
